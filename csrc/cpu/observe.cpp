@@ -1,0 +1,130 @@
+// CPU kernel of ubs_kernels::observe: one training step (SPEC.md Eq. 1, 4, 5 and the bin).
+//
+// All arguments are checked before anything is written, so a bad call leaves the state as it
+// was. Rows of the batch are independent (indices are distinct) and processed in parallel.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "uncertainty_row.h"
+
+namespace ubs_kernels::cpu {
+namespace {
+
+void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Tensor& u,
+                const at::Tensor& bins, const at::Tensor& indices, const at::Tensor& probs,
+                double lam, int64_t tau) {
+  TORCH_CHECK_VALUE(history.dim() == 3 && history.numel() > 0,
+                    "history must have shape (n, T, q) with every size >= 1, got ",
+                    history.sizes());
+  TORCH_CHECK_TYPE(history.scalar_type() == at::kHalf || history.scalar_type() == at::kFloat,
+                   "history must be float16 or float32, got ", history.scalar_type());
+  const int64_t n = history.size(0), q = history.size(2);
+  TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
+  TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == n, "seen must have shape (", n,
+                    ",) to match history, got ", seen.sizes());
+  TORCH_CHECK_TYPE(u.scalar_type() == at::kFloat, "uncertainty must be float32, got ",
+                   u.scalar_type());
+  TORCH_CHECK_VALUE(u.dim() == 2 && u.size(0) == n && u.size(1) == q,
+                    "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
+                    u.sizes());
+  TORCH_CHECK_TYPE(bins.scalar_type() == at::kByte, "bins must be uint8, got ", bins.scalar_type());
+  TORCH_CHECK_VALUE(bins.dim() == 2 && bins.size(0) == n && bins.size(1) == q,
+                    "bins must have shape (", n, ", ", q, ") to match history, got ", bins.sizes());
+  TORCH_CHECK_VALUE(
+      history.is_contiguous() && seen.is_contiguous() && u.is_contiguous() && bins.is_contiguous(),
+      "history, seen, uncertainty and bins must be contiguous (written in place)");
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
+                   indices.scalar_type());
+  TORCH_CHECK_VALUE(indices.dim() == 1, "indices must be 1-D, got shape ", indices.sizes());
+  const int64_t b = indices.size(0);
+  TORCH_CHECK_TYPE(at::isFloatingType(probs.scalar_type()), "probs must be a floating tensor, got ",
+                   probs.scalar_type());
+  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(0) == b && probs.size(1) == q,
+                    "probs must have shape (", b, ", ", q, ") (len(indices), num_labels), got ",
+                    probs.sizes());
+  for (const at::Tensor* t : {&seen, &u, &bins, &indices, &probs}) {
+    TORCH_CHECK_VALUE(t->device() == history.device(),
+                      "all tensors must be on the device of history (", history.device(), "), got ",
+                      t->device());
+  }
+  TORCH_CHECK_VALUE(lam >= 0.0 && lam <= 1.0, "lam must be in [0, 1], got ", lam);
+  TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
+
+  // Indices: in range and distinct (sorted copy; b is a batch, so this is cheap).
+  const at::Tensor idx = indices.contiguous();
+  std::vector<int64_t> sorted(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + b);
+  std::sort(sorted.begin(), sorted.end());
+  if (b > 0) {
+    TORCH_CHECK_INDEX(sorted.front() >= 0 && sorted.back() < n, "indices must be in [0, ", n,
+                      "), got values in [", sorted.front(), ", ", sorted.back(), "]");
+  }
+  TORCH_CHECK_VALUE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
+                    "indices must not contain duplicates within one call");
+
+  // Probabilities: finite and in [0, 1] (NaN fails both comparisons).
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, probs.scalar_type(), "observe_check", [&] {
+        const at::Tensor p = probs.contiguous();
+        const scalar_t* ptr = p.data_ptr<scalar_t>();
+        for (int64_t i = 0; i < b * q; ++i) {
+          const double v = static_cast<double>(ptr[i]);
+          TORCH_CHECK_VALUE(v >= 0.0 && v <= 1.0,
+                            "probs must be finite and in [0, 1] (after sigmoid); probs[", i / q,
+                            ", ", i % q, "] = ", v);
+        }
+      });
+}
+
+template <typename H, typename P>
+void observe_impl(at::Tensor& history, at::Tensor& seen, at::Tensor& u, at::Tensor& bins,
+                  const at::Tensor& indices, const at::Tensor& probs, float lam, int64_t tau) {
+  const int64_t T = history.size(1), q = history.size(2), b = indices.size(0);
+  H* hist = history.data_ptr<H>();
+  int64_t* cnt = seen.data_ptr<int64_t>();
+  float* uu = u.data_ptr<float>();
+  uint8_t* bb = bins.data_ptr<uint8_t>();
+  const int64_t* idx = indices.data_ptr<int64_t>();
+  const P* pp = probs.data_ptr<P>();
+  // Grain: enough rows that each task touches a few thousand values.
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, q * T));
+  at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(q);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = idx[r];
+      H* ring = hist + i * T * q;
+      H* slot = ring + (cnt[i] % T) * q;
+      const P* src = pp + r * q;
+      for (int64_t j = 0; j < q; ++j) slot[j] = static_cast<H>(static_cast<float>(src[j]));
+      const int64_t count = ++cnt[i];
+      uncertainty_row(ring, T, q, count, lam, tau, acc.data(), uu + i * q, bb + i * q);
+    }
+  });
+}
+
+void observe_cpu(at::Tensor history, at::Tensor seen, at::Tensor uncertainty, at::Tensor bins,
+                 const at::Tensor& indices, const at::Tensor& probs, double lam, int64_t tau) {
+  check_args(history, seen, uncertainty, bins, indices, probs, lam, tau);
+  if (indices.numel() == 0) return;
+  const at::Tensor idx = indices.contiguous();
+  const at::Tensor p = probs.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "observe_cpu", [&] {
+    using P = scalar_t;
+    if (history.scalar_type() == at::kHalf) {
+      observe_impl<at::Half, P>(history, seen, uncertainty, bins, idx, p, static_cast<float>(lam),
+                                tau);
+    } else {
+      observe_impl<float, P>(history, seen, uncertainty, bins, idx, p, static_cast<float>(lam),
+                             tau);
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ubs_kernels, CPU, m) { m.impl("observe", &observe_cpu); }
+
+}  // namespace ubs_kernels::cpu

@@ -1,0 +1,25 @@
+// Every schema of the ubs_kernels:: namespace, in one place.
+//
+// Kernels register per device in csrc/cpu/*.cpp (and csrc/cuda/ once built); the fake (meta)
+// kernels live beside the Python wrappers in ubs_kernels/ops.py. Mutated arguments are
+// declared with (a!) so functionalisation and torch.compile see every in-place write.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(ubs_kernels, m) {
+  // One training step (SPEC.md Eq. 1, 4, 5 and the bin): write probs into the history ring
+  // of each sample in `indices` at slot seen % T, increment seen, recompute those rows of
+  // uncertainty (float32) and bins (uint8, min(floor(u * tau), tau - 1)).
+  //   history (n, T, q) f16|f32, seen (n,) i64, uncertainty (n, q) f32, bins (n, q) u8,
+  //   indices (b,) i64 distinct in [0, n), probs (b, q) f32|f16|bf16|f64 in [0, 1].
+  m.def(
+      "observe(Tensor(a!) history, Tensor(b!) seen, Tensor(c!) uncertainty, Tensor(d!) bins, "
+      "Tensor indices, Tensor probs, float lam, int tau) -> ()");
+}
+
+// The extension is imported as a Python module only to run the static registrations above;
+// it exposes no Python functions of its own (everything goes through torch.ops).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,150 @@
+"""Argument checks shared by every backend of :mod:`ubs_kernels.ops`.
+
+Every check runs before any state is written, so a bad call leaves the state exactly as it
+was. Messages name the argument and what was expected. The exception classes match the
+native ``TORCH_CHECK_*`` macros: ``TypeError`` for dtypes, ``IndexError`` for indices out of
+range, ``ValueError`` for everything else.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_TAU = 256  # bins are stored as uint8
+
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_PROB_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_HISTORY_DTYPES = (torch.float16, torch.float32)
+
+
+def check_tau(tau) -> int:
+    if isinstance(tau, bool) or not isinstance(tau, int) or not 2 <= tau <= MAX_TAU:
+        raise ValueError(f"tau must be an integer in [2, {MAX_TAU}], got {tau!r}")
+    return tau
+
+
+def check_lam(lam) -> float:
+    lam = float(lam)
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
+    return lam
+
+
+def check_pressure(pressure) -> float:
+    pressure = float(pressure)
+    if not pressure >= 1.0 or pressure == float("inf"):
+        raise ValueError(f"pressure must be a finite number >= 1, got {pressure!r}")
+    return pressure
+
+
+def _tensor(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _same_device(name: str, t: torch.Tensor, device: torch.device, ref_name: str) -> None:
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {device}: expected one device")
+
+
+def check_state(history, seen, uncertainty=None, bins=None):
+    """The selector state: ``history (n, T, q)``, ``seen (n,)``, ``uncertainty``/``bins (n, q)``."""
+    history = _tensor("history", history)
+    if history.dim() != 3 or min(history.shape) < 1:
+        raise ValueError(f"history must have shape (n, T, q) with every size >= 1, got {tuple(history.shape)}")
+    if history.dtype not in _HISTORY_DTYPES:
+        raise TypeError(f"history must be float16 or float32, got {history.dtype}")
+    n, _, q = history.shape
+    seen = _tensor("seen", seen)
+    if seen.dtype != torch.int64:
+        raise TypeError(f"seen must be int64, got {seen.dtype}")
+    if tuple(seen.shape) != (n,):
+        raise ValueError(f"seen must have shape ({n},) to match history, got {tuple(seen.shape)}")
+    _same_device("seen", seen, history.device, "history")
+    for name, t, dtype in (("uncertainty", uncertainty, torch.float32), ("bins", bins, torch.uint8)):
+        if t is None:
+            continue
+        _tensor(name, t)
+        if t.dtype != dtype:
+            raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
+        if tuple(t.shape) != (n, q):
+            raise ValueError(f"{name} must have shape ({n}, {q}) to match history, got {tuple(t.shape)}")
+        _same_device(name, t, history.device, "history")
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (it is written in place)")
+    if not history.is_contiguous() or not seen.is_contiguous():
+        raise ValueError("history and seen must be contiguous (they are written in place)")
+    return n, q
+
+
+def check_indices(indices, n: int, device: torch.device) -> torch.Tensor:
+    """1-D integer indices, each in ``[0, n)``, no duplicates."""
+    indices = _tensor("indices", indices)
+    if indices.dtype not in _INT_DTYPES[1:]:
+        raise TypeError(f"indices must be an integer tensor (int8..int64), got {indices.dtype}")
+    if indices.dim() != 1:
+        raise ValueError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
+    _same_device("indices", indices, device, "history")
+    if indices.numel():
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= n:
+            raise IndexError(f"indices must be in [0, {n}), got values in [{lo}, {hi}]")
+        if torch.unique(indices).numel() != indices.numel():
+            raise ValueError("indices must not contain duplicates within one call")
+    return indices
+
+
+def check_probs(probs, b: int, q: int, device: torch.device) -> torch.Tensor:
+    """``(b, q)`` floating probabilities, finite and in [0, 1]."""
+    probs = _tensor("probs", probs)
+    if probs.dtype not in _PROB_DTYPES:
+        raise TypeError(f"probs must be a floating tensor (float32/float16/bfloat16/float64), got {probs.dtype}")
+    if tuple(probs.shape) != (b, q):
+        raise ValueError(f"probs must have shape ({b}, {q}) (len(indices), num_labels), got {tuple(probs.shape)}")
+    _same_device("probs", probs, device, "history")
+    if probs.numel():
+        bad = ~((probs >= 0) & (probs <= 1))  # NaN compares false, so it is caught here too
+        if bool(bad.any()):
+            first = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"probs must be finite and in [0, 1] (after sigmoid); probs{first} = {probs[tuple(first)].item()}"
+            )
+    return probs
+
+
+def check_bins(bins, tau: int) -> torch.Tensor:
+    """``(n, q)`` integer bins in ``[0, tau)``."""
+    bins = _tensor("bins", bins)
+    if bins.dtype not in _INT_DTYPES:
+        raise TypeError(f"bins must be an integer tensor, got {bins.dtype}")
+    if bins.dim() != 2:
+        raise ValueError(f"bins must have shape (n, q), got {tuple(bins.shape)}")
+    if bins.shape[1] < 1:
+        raise ValueError("bins must have at least one label column (q >= 1)")
+    if bins.numel():
+        lo, hi = int(bins.min()), int(bins.max())
+        if lo < 0 or hi >= tau:
+            raise ValueError(f"bins must be in [0, tau={tau}), got values in [{lo}, {hi}]")
+    return bins
+
+
+def check_weights_args(u, c, seen):
+    """``u (n, q)`` float, ``c (q,)`` float, ``seen (n,)`` int64, one device."""
+    u = _tensor("uncertainty", u)
+    c = _tensor("c", c)
+    seen = _tensor("seen", seen)
+    if u.dim() != 2 or u.shape[0] < 1 or u.shape[1] < 1:
+        raise ValueError(f"uncertainty must have shape (n, q) with n, q >= 1, got {tuple(u.shape)}")
+    if not u.is_floating_point():
+        raise TypeError(f"uncertainty must be a floating tensor, got {u.dtype}")
+    n, q = u.shape
+    if tuple(c.shape) != (q,) or not c.is_floating_point():
+        raise ValueError(f"c must be a floating tensor of shape ({q},), got {c.dtype} {tuple(c.shape)}")
+    if seen.dtype != torch.int64 or tuple(seen.shape) != (n,):
+        raise ValueError(f"seen must be int64 of shape ({n},), got {seen.dtype} {tuple(seen.shape)}")
+    _same_device("c", c, u.device, "uncertainty")
+    _same_device("seen", seen, u.device, "uncertainty")
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError("c must be finite")
+    return n, q

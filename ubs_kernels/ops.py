@@ -1,0 +1,173 @@
+"""The public functional API of SPEC.md: one function per op, backend choice in one place.
+
+Every function takes ``backend="auto" | "torch" | "cpu" | "triton" | "cuda"``; the default
+comes from the ``UBS_BACKEND`` environment variable, else ``"auto"``. ``"auto"`` picks the
+fastest backend built for the op on the device of its inputs and falls back to ``"torch"``
+(the plain-PyTorch reference of :mod:`ubs_kernels.reference`), which serves every op on every
+device. Arguments are checked here, before any backend runs, so that a bad call raises a
+clear error and leaves the state untouched.
+
+Ops (equation numbers of Zhou et al., AAAI 2025):
+
+* :func:`observe` - one training step: history ring write, Eq. 1, 4, 5 and the bin, in place.
+* :func:`uncertainty` - Eq. 5 and the bins for all n rows from the history.
+* :func:`label_mi` - Eq. 6 for every label pair (or its row sums).
+* :func:`selection_log_probs` - Eq. 7-10 fused: ``log P`` of every sample.
+* :func:`selection_pressure` - Eq. 11 (a scalar schedule, no backend).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import _checks, reference
+from ._native import native_ops
+
+BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
+
+# Ops whose native kernels are registered under ubs_kernels::<name>; dispatch asks the
+# dispatcher whether this build has a kernel for the device at hand.
+_NATIVE_NAMES = {"observe": "observe"}
+
+selection_pressure = reference.selection_pressure
+
+
+def _default_backend() -> str:
+    backend = os.environ.get("UBS_BACKEND", "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"UBS_BACKEND must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def available_backends(op: str, device: torch.device | str) -> list[str]:
+    """The backends that can run ``op`` on ``device`` in this build, fastest first."""
+    device = torch.device(device)
+    found = []
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    if key is not None and op in _NATIVE_NAMES and native_ops.has_kernel(_NATIVE_NAMES[op], key):
+        found.append(device.type)
+    found.append("torch")
+    return found
+
+
+def resolve_backend(op: str, device: torch.device | str, backend: str | None = None) -> str:
+    """The backend that :mod:`ops` will use for ``op`` on ``device``."""
+    backend = _default_backend() if backend is None else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    available = available_backends(op, device)
+    if backend == "auto":
+        return available[0]
+    if backend not in available:
+        raise RuntimeError(
+            f"backend={backend!r} cannot run ubs_kernels.{op} on {torch.device(device)} in this build "
+            f"(available: {available}); see ubs_kernels.build_info()"
+        )
+    return backend
+
+
+def observe(
+    history: torch.Tensor,
+    seen: torch.Tensor,
+    uncertainty: torch.Tensor,
+    bins: torch.Tensor,
+    indices: torch.Tensor,
+    probs: torch.Tensor,
+    lam: float = 0.5,
+    tau: int = 10,
+    backend: str | None = None,
+) -> None:
+    """Record one training step's predictions and refresh those samples' U and bins.
+
+    Args:
+        history: ``(n, T, q)`` float16/float32 ring of each sample's last T predictions. In place.
+        seen: ``(n,)`` int64 observation counts; sample i's next prediction goes to slot
+            ``seen[i] % T``. In place.
+        uncertainty: ``(n, q)`` float32 U (Eq. 5). In place, rows ``indices`` only.
+        bins: ``(n, q)`` uint8, ``min(floor(U * tau), tau - 1)``. In place, rows ``indices`` only.
+        indices: ``(b,)`` distinct integer sample ids in ``[0, n)``.
+        probs: ``(b, q)`` probabilities after sigmoid, finite and in [0, 1]; float32, float16,
+            bfloat16 or float64. Detached internally.
+        lam: λ1 of Eq. 5, in [0, 1].
+        tau: bins per label, in [2, 256].
+
+    Raises ``TypeError``/``ValueError``/``IndexError`` naming the bad argument; nothing is
+    written then.
+    """
+    n, q = _checks.check_state(history, seen, uncertainty, bins)
+    indices = _checks.check_indices(indices, n, history.device)
+    probs = _checks.check_probs(probs.detach(), indices.numel(), q, history.device)
+    lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
+    if indices.numel() == 0:
+        return
+    chosen = resolve_backend("observe", history.device, backend)
+    if chosen == "torch":
+        with torch.no_grad():
+            reference.observe(history, seen, uncertainty, bins, indices, probs, lam, tau)
+    else:
+        native_ops.call("observe", history, seen, uncertainty, bins, indices.long(), probs, lam, tau)
+
+
+def uncertainty(
+    history: torch.Tensor, seen: torch.Tensor, lam: float = 0.5, tau: int = 10, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """U (Eq. 5) and bins of all n samples from the history: ``((n, q) float32, (n, q) uint8)``.
+
+    Rows of samples never observed are 0.
+    """
+    _checks.check_state(history, seen)
+    lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
+    resolve_backend("uncertainty", history.device, backend)
+    with torch.no_grad():
+        return reference.uncertainty(history, seen, lam, tau)
+
+
+def label_mi(bins: torch.Tensor, tau: int = 10, rowsum: bool = False, backend: str | None = None) -> torch.Tensor:
+    """Mutual information (Eq. 6, natural log) between every pair of label columns.
+
+    Args:
+        bins: ``(n, q)`` integer tensor in ``[0, tau)``, the binned U of the observed samples.
+        tau: number of bins, in [2, 256].
+        rowsum: return ``c = C 1`` of shape ``(q,)`` instead of the ``(q, q)`` matrix.
+
+    Returns float32 ``C`` with ``C_aa = 1`` (as in the paper), or its row sums. With ``n = 0``
+    every off-diagonal entry is 0.
+    """
+    tau = _checks.check_tau(tau)
+    bins = _checks.check_bins(bins, tau)
+    resolve_backend("label_mi", bins.device, backend)
+    n = bins.shape[0]
+    # One-hot Gram counts are exact in float32 up to 2^24 rows; beyond that use float64.
+    dtype = torch.float32 if n < (1 << 24) else torch.float64
+    with torch.no_grad():
+        return reference.label_mi(bins, tau, rowsum=rowsum, dtype=dtype).to(torch.float32)
+
+
+def selection_log_probs(
+    uncertainty: torch.Tensor,
+    c: torch.Tensor,
+    seen: torch.Tensor,
+    pressure: float,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Eq. 7-10 fused: ``log P`` (``(n,)`` float32) of drawing each sample next epoch.
+
+    ``w = U c`` (Eq. 7-8), min-max normalised over the observed samples (``seen > 0``) to
+    ``z`` (never-observed samples get ``z = 1``), ``Q = floor((1 - z) n)`` (Eq. 9) and
+    ``log P = -ln(pressure) Q / n - logsumexp`` (Eq. 10). ``pressure`` is ``s_t`` of Eq. 11.
+    """
+    _checks.check_weights_args(uncertainty, c, seen)
+    pressure = _checks.check_pressure(pressure)
+    resolve_backend("selection_log_probs", uncertainty.device, backend)
+    with torch.no_grad():
+        return reference.selection_log_probs(uncertainty, c, seen, pressure).to(torch.float32)
+
+
+# Fake (meta) kernels of the native ops, for torch.compile and opcheck.
+if native_ops.loaded:
+
+    @torch.library.register_fake("ubs_kernels::observe")
+    def _observe_fake(history, seen, uncertainty, bins, indices, probs, lam, tau):
+        return None
