@@ -1,0 +1,60 @@
+"""Shared test helpers: backend parametrisation and independent float64 oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ubs_kernels as ubs
+
+# Every backend the public ops accept; the ones this build or machine lacks skip with a reason.
+ALL_BACKENDS = ("torch", "cpu", "triton", "cuda")
+
+
+def require_backend(op: str, backend: str, device: str = "cpu") -> None:
+    available = ubs.available_backends(op, device)
+    if backend not in available:
+        pytest.skip(f"backend {backend!r} for {op} on {device} is not in this build (have {available})")
+
+
+def numpy_uncertainty(predictions: list[np.ndarray], T: int, lam: float) -> np.ndarray:
+    """SPEC.md Eq. 1, 4, 5 in float64 numpy from a sample's full list of predictions.
+
+    Independent of the ring: takes the k = min(len, T) newest rows in time order.
+    """
+    window = np.asarray(predictions[-T:], dtype=np.float64)
+    k = window.shape[0]
+    d = np.abs(np.diff(window, axis=0)).sum(axis=0) / (k - 1) if k >= 2 else np.zeros(window.shape[1])
+    p = window[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = -(np.where(p > 0, p * np.log2(p), 0.0) + np.where(p < 1, (1 - p) * np.log2(1 - p), 0.0))
+    return lam * d + (1 - lam) * e
+
+
+def assert_bins_match(bins: torch.Tensor, u_ref: np.ndarray, tau: int, tol: float = 1e-4) -> None:
+    """Bins equal ``min(floor(u tau), tau-1)`` of the oracle, except where u*tau sits on a boundary."""
+    scaled = np.asarray(u_ref, dtype=np.float64) * tau
+    expected = np.clip(np.floor(scaled), 0, tau - 1)
+    on_boundary = np.abs(scaled - np.round(scaled)) < tol
+    got = bins.cpu().numpy().astype(np.float64)
+    mismatch = (got != expected) & ~on_boundary
+    assert not mismatch.any(), f"{mismatch.sum()} bins differ, first at {np.argwhere(mismatch)[0]}"
+
+
+def make_state(n: int, T: int, q: int, history_dtype=torch.float16, device="cpu"):
+    return (
+        torch.zeros(n, T, q, dtype=history_dtype, device=device),
+        torch.zeros(n, dtype=torch.int64, device=device),
+        torch.zeros(n, q, dtype=torch.float32, device=device),
+        torch.zeros(n, q, dtype=torch.uint8, device=device),
+    )
+
+
+def clone_state(state):
+    return tuple(t.clone() for t in state)
+
+
+def assert_state_equal(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y), "state changed"

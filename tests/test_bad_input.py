@@ -1,0 +1,171 @@
+"""Bad input gets a clear error naming the argument, and leaves all state exactly as it was.
+
+Covers the public ops on every backend of this build, and the raw native op (which must
+check for itself: it can be called through torch.ops directly).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_state_equal, clone_state, make_state, require_backend
+
+import ubs_kernels as ubs
+
+N, T, Q = 12, 3, 5
+
+
+def _warm_state():
+    state = make_state(N, T, Q)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        ubs.observe(*state, torch.randperm(N, generator=gen)[:6], torch.rand(6, Q, generator=gen), backend="torch")
+    return state
+
+
+def _probs(b=3, value=None):
+    p = torch.full((b, Q), 0.5)
+    if value is not None:
+        p[1, 2] = value
+    return p
+
+
+IDX = torch.tensor([0, 5, 9])
+
+# (case id, indices, probs, kwargs, exception, message fragment)
+OBSERVE_CASES = [
+    ("probs-nan", IDX, _probs(value=float("nan")), {}, ValueError, "probs"),
+    ("probs-inf", IDX, _probs(value=float("inf")), {}, ValueError, "probs"),
+    ("probs-above-1", IDX, _probs(value=1.0001), {}, ValueError, r"\[0, 1\]"),
+    ("probs-negative", IDX, _probs(value=-1e-6), {}, ValueError, "probs"),
+    ("probs-shape-rows", IDX, _probs(b=4), {}, ValueError, "probs must have shape"),
+    ("probs-shape-labels", IDX, torch.full((3, Q + 1), 0.5), {}, ValueError, "probs must have shape"),
+    ("probs-int", IDX, torch.zeros(3, Q, dtype=torch.int64), {}, TypeError, "probs"),
+    ("probs-device", IDX, torch.full((3, Q), 0.5, device="meta"), {}, ValueError, "probs"),
+    ("index-too-large", torch.tensor([0, 5, N]), _probs(), {}, IndexError, "indices"),
+    ("index-negative", torch.tensor([0, -1, 2]), _probs(), {}, IndexError, "indices"),
+    ("index-duplicate", torch.tensor([4, 7, 4]), _probs(), {}, ValueError, "duplicate"),
+    ("index-float", torch.tensor([0.0, 1.0, 2.0]), _probs(), {}, TypeError, "indices"),
+    ("index-2d", IDX[None, :], _probs(), {}, ValueError, "indices"),
+    ("lam", IDX, _probs(), {"lam": 1.5}, ValueError, "lam"),
+    ("tau-small", IDX, _probs(), {"tau": 1}, ValueError, "tau"),
+    ("tau-large", IDX, _probs(), {"tau": 257}, ValueError, "tau"),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize(
+    ("indices", "probs", "kwargs", "exc", "match"), [c[1:] for c in OBSERVE_CASES], ids=[c[0] for c in OBSERVE_CASES]
+)
+def test_observe_rejects_and_leaves_state(backend, indices, probs, kwargs, exc, match):
+    require_backend("observe", backend)
+    state = _warm_state()
+    before = clone_state(state)
+    with pytest.raises(exc, match=match):
+        ubs.observe(*state, indices, probs, backend=backend, **kwargs)
+    assert_state_equal(state, before)
+
+
+@pytest.mark.parametrize(
+    ("which", "bad", "exc", "match"),
+    [
+        (0, torch.zeros(N, T, Q, dtype=torch.float64), TypeError, "history"),
+        (0, torch.zeros(N, Q, dtype=torch.float16), ValueError, "history"),
+        (1, torch.zeros(N, dtype=torch.int32), TypeError, "seen"),
+        (1, torch.zeros(N + 1, dtype=torch.int64), ValueError, "seen"),
+        (2, torch.zeros(N, Q + 1), ValueError, "uncertainty"),
+        (2, torch.zeros(N, Q, dtype=torch.float64), TypeError, "uncertainty"),
+        (3, torch.zeros(N, Q, dtype=torch.int64), TypeError, "bins"),
+        (3, torch.zeros(Q, N, dtype=torch.uint8).T, ValueError, "bins"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_observe_rejects_bad_state(backend, which, bad, exc, match):
+    require_backend("observe", backend)
+    state = list(_warm_state())
+    state[which] = bad
+    before = clone_state(state)
+    with pytest.raises(exc, match=match):
+        ubs.observe(*state, IDX, _probs(), backend=backend)
+    assert_state_equal(state, before)
+
+
+@pytest.mark.parametrize(
+    ("indices", "probs", "kwargs", "exc", "match"),
+    [c[1:] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device")],
+    ids=[c[0] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device")],
+)
+def test_native_op_checks_for_itself(indices, probs, kwargs, exc, match):
+    """torch.ops.ubs_kernels.observe called directly, without the Python checks."""
+    require_backend("observe", "cpu")
+    state = _warm_state()
+    before = clone_state(state)
+    args = {"lam": 0.5, "tau": 10, **kwargs}
+    with pytest.raises(exc, match=match):
+        torch.ops.ubs_kernels.observe(*state, indices.long(), probs, args["lam"], args["tau"])
+    assert_state_equal(state, before)
+
+
+def test_unknown_backend_and_unbuilt_backend():
+    state = _warm_state()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ubs.observe(*state, IDX, _probs(), backend="fast")
+    with pytest.raises(RuntimeError, match="backend='cuda' cannot run"):
+        ubs.observe(*state, IDX, _probs(), backend="cuda")
+
+
+def test_env_default_backend(monkeypatch):
+    monkeypatch.setenv("UBS_BACKEND", "nope")
+    with pytest.raises(ValueError, match="UBS_BACKEND"):
+        ubs.label_mi(torch.zeros(3, 2, dtype=torch.uint8), 10)
+    monkeypatch.setenv("UBS_BACKEND", "torch")
+    assert ubs.resolve_backend("observe", "cpu") == "torch"
+
+
+@pytest.mark.parametrize(
+    ("bins", "tau", "exc", "match"),
+    [
+        (torch.zeros(4, 3), 10, TypeError, "bins must be an integer"),
+        (torch.zeros(4, dtype=torch.uint8), 10, ValueError, r"bins must have shape \(n, q\)"),
+        (torch.zeros(4, 0, dtype=torch.uint8), 10, ValueError, "q >= 1"),
+        (torch.full((4, 3), 10, dtype=torch.uint8), 10, ValueError, r"bins must be in \[0, tau=10\)"),
+        (torch.full((4, 3), -1, dtype=torch.int64), 10, ValueError, "bins must be in"),
+        (torch.zeros(4, 3, dtype=torch.uint8), 1, ValueError, "tau"),
+        (torch.zeros(4, 3, dtype=torch.uint8), 2.5, ValueError, "tau"),
+        ([[0, 1]], 10, TypeError, "bins must be a torch.Tensor"),
+    ],
+)
+def test_label_mi_rejects(bins, tau, exc, match):
+    with pytest.raises(exc, match=match):
+        ubs.label_mi(bins, tau)
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "match"),
+    [
+        ((torch.rand(5, 3), torch.ones(4), torch.ones(5, dtype=torch.long), 10.0), ValueError, "c must be"),
+        ((torch.rand(5, 3), torch.ones(3), torch.ones(5, dtype=torch.int32), 10.0), ValueError, "seen must be"),
+        ((torch.rand(5, 3), torch.ones(3), torch.ones(5, dtype=torch.long), 0.5), ValueError, "pressure"),
+        ((torch.rand(5, 3), torch.ones(3), torch.ones(5, dtype=torch.long), float("nan")), ValueError, "pressure"),
+        (
+            (torch.rand(5, 3), torch.tensor([1.0, float("nan"), 1.0]), torch.ones(5, dtype=torch.long), 2.0),
+            ValueError,
+            "c must be finite",
+        ),
+        (
+            (torch.zeros(5, 3, dtype=torch.long), torch.ones(3), torch.ones(5, dtype=torch.long), 2.0),
+            TypeError,
+            "uncertainty",
+        ),
+    ],
+)
+def test_selection_log_probs_rejects(args, exc, match):
+    with pytest.raises(exc, match=match):
+        ubs.selection_log_probs(*args)
+
+
+def test_uncertainty_rejects_bad_history():
+    with pytest.raises(TypeError, match="history"):
+        ubs.uncertainty(torch.zeros(3, 2, 2, dtype=torch.int32), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="seen"):
+        ubs.uncertainty(torch.zeros(3, 2, 2), torch.zeros(4, dtype=torch.long))

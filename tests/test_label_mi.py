@@ -1,0 +1,117 @@
+"""label_mi (SPEC.md Eq. 6) against sklearn.metrics.mutual_info_score on every pair."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from conftest import require_backend
+from sklearn.metrics import mutual_info_score
+
+import ubs_kernels as ubs
+from ubs_kernels import reference
+
+
+def sklearn_matrix(bins: torch.Tensor) -> np.ndarray:
+    b = bins.cpu().numpy()
+    q = b.shape[1]
+    out = np.eye(q)
+    for i, j in itertools.combinations(range(q), 2):
+        out[i, j] = out[j, i] = mutual_info_score(b[:, i], b[:, j]) if b.shape[0] else 0.0
+    return out
+
+
+def correlated_bins(n: int, q: int, tau: int, seed: int) -> torch.Tensor:
+    """Bins of a noisy rank-2 U in [0, 1): columns share structure, so MI is far from 0."""
+    gen = torch.Generator().manual_seed(seed)
+    factors = torch.rand(n, 2, generator=gen) @ torch.rand(2, q, generator=gen)
+    u = (factors / factors.max() + 0.3 * torch.rand(n, q, generator=gen)) / 1.3
+    return reference.to_bins(u, tau)
+
+
+def adversarial_cases():
+    gen = torch.Generator().manual_seed(7)
+    rnd = torch.randint(0, 10, (50, 4), generator=gen, dtype=torch.uint8)
+    const_col = rnd.clone()
+    const_col[:, 2] = 3
+    return {
+        "random": (rnd, 10),
+        "constant-column": (const_col, 10),
+        "all-one-bin": (torch.full((40, 5), 9, dtype=torch.uint8), 10),
+        "n=1": (torch.tensor([[1, 4, 0]], dtype=torch.uint8), 10),
+        "n=0": (torch.empty(0, 3, dtype=torch.uint8), 10),
+        "q=1": (torch.randint(0, 10, (30, 1), generator=gen, dtype=torch.uint8), 10),
+        "tau=2": (torch.randint(0, 2, (64, 6), generator=gen, dtype=torch.uint8), 2),
+        "tau=16": (torch.randint(0, 16, (300, 7), generator=gen, dtype=torch.uint8), 16),
+        "tau=256": (torch.randint(0, 256, (500, 3), generator=gen, dtype=torch.int64).to(torch.uint8), 256),
+        "identical-columns": (torch.cat([rnd[:, :1]] * 3, dim=1), 10),
+        "correlated": (correlated_bins(997, 13, 10, 3), 10),
+    }
+
+
+CASES = adversarial_cases()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_reference_equals_sklearn_float64(case):
+    bins, tau = CASES[case]
+    got = reference.label_mi(bins, tau, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(got, sklearn_matrix(bins), rtol=0, atol=1e-9)
+    rows = reference.label_mi(bins, tau, rowsum=True, dtype=torch.float64, block_labels=2).numpy()
+    np.testing.assert_allclose(rows, sklearn_matrix(bins).sum(1), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton", "cuda"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_label_mi_backend_equals_sklearn(backend, case):
+    require_backend("label_mi", backend)
+    bins, tau = CASES[case]
+    expected = sklearn_matrix(bins)
+    C = ubs.label_mi(bins, tau, backend=backend)
+    assert C.dtype == torch.float32 and C.shape == (bins.shape[1],) * 2
+    np.testing.assert_allclose(C.numpy(), expected, rtol=1e-5, atol=1e-6)
+    c = ubs.label_mi(bins, tau, rowsum=True, backend=backend)
+    assert c.shape == (bins.shape[1],)
+    np.testing.assert_allclose(c.numpy(), expected.sum(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_label_mi_accepts_integer_dtypes(dtype):
+    bins = correlated_bins(200, 6, 10, 1)
+    torch.testing.assert_close(ubs.label_mi(bins.to(dtype), 10), ubs.label_mi(bins, 10))
+
+
+def test_label_mi_noncontiguous_and_sliced():
+    bins = correlated_bins(300, 12, 10, 2)
+    view = bins.T.contiguous().T[:, 1::3]  # strided columns
+    assert not view.is_contiguous()
+    np.testing.assert_allclose(ubs.label_mi(view, 10).numpy(), sklearn_matrix(view.contiguous()), atol=1e-6)
+
+
+def test_independent_columns_give_near_zero_and_known_values():
+    gen = torch.Generator().manual_seed(0)
+    n = 200_000
+    bins = torch.randint(0, 4, (n, 2), generator=gen, dtype=torch.uint8)
+    C = ubs.label_mi(bins, 4)
+    # Plug-in MI of independent columns: bias ~ (tau-1)^2 / (2n) nats.
+    assert 0 <= C[0, 1] < 5 * 9 / (2 * n)
+    # Hand-computed: b = a for half the rows, constant 0 for the other half.
+    a = torch.tensor([0, 1, 0, 1], dtype=torch.uint8)
+    b = torch.tensor([0, 1, 0, 0], dtype=torch.uint8)
+    # p(0,0)=1/2, p(1,1)=1/4, p(1,0)=1/4; p_a=(1/2,1/2), p_b=(3/4,1/4)
+    expected = (
+        0.5 * np.log(0.5 / (0.5 * 0.75)) + 0.25 * np.log(0.25 / (0.5 * 0.25)) + 0.25 * np.log(0.25 / (0.5 * 0.75))
+    )
+    C = ubs.label_mi(torch.stack([a, b], dim=1), 2)
+    assert C[0, 1].item() == pytest.approx(expected, abs=1e-7)
+
+
+def test_joint_histograms_counts_exact():
+    bins = correlated_bins(500, 5, 10, 4)
+    counts = reference.joint_histograms(bins, 10)
+    b = bins.long().numpy()
+    for i, j in itertools.product(range(5), repeat=2):
+        expected = np.bincount(b[:, i] * 10 + b[:, j], minlength=100).reshape(10, 10)
+        np.testing.assert_array_equal(counts[i, j].numpy(), expected)
