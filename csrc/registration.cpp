@@ -15,6 +15,11 @@ TORCH_LIBRARY(ubs_kernels, m) {
   m.def(
       "observe(Tensor(a!) history, Tensor(b!) seen, Tensor(c!) uncertainty, Tensor(d!) bins, "
       "Tensor indices, Tensor probs, float lam, int tau) -> ()");
+
+  // Mutual information (SPEC.md Eq. 6, natural log) between every pair of label columns of
+  // the binned U, diagonal 1. bins (n, q) u8 in [0, tau) -> (q, q) f32, or with rowsum the
+  // row sums (q,) f32 without materialising q x q.
+  m.def("label_mi(Tensor bins, int tau, bool rowsum=False) -> Tensor");
 }
 
 // The extension is imported as a Python module only to run the static registrations above;

@@ -42,6 +42,22 @@ def test_opcheck_native_observe(history_dtype):
     torch.library.opcheck(torch.ops.ubs_kernels.observe.default, _observe_args(history_dtype))
 
 
+@pytest.mark.parametrize("rowsum", [False, True])
+def test_opcheck_native_label_mi(rowsum):
+    require_backend("label_mi", "cpu")
+    bins = torch.randint(0, 10, (300, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.library.opcheck(torch.ops.ubs_kernels.label_mi.default, (bins, 10, rowsum))
+
+
+def test_compile_fullgraph_native_label_mi():
+    require_backend("label_mi", "cpu")
+    bins = torch.randint(0, 10, (300, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(
+        lambda b: torch.ops.ubs_kernels.label_mi(b, 10, True) * 2, fullgraph=True, backend="aot_eager"
+    )
+    torch.testing.assert_close(compiled(bins), ubs.label_mi(bins, 10, rowsum=True) * 2)
+
+
 def test_compile_fullgraph_native_observe():
     require_backend("observe", "cpu")
 

@@ -77,6 +77,29 @@ def test_label_mi_backend_equals_sklearn(backend, case):
     np.testing.assert_allclose(c.numpy(), expected.sum(1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("isa", ["auto", "portable"])
+@pytest.mark.parametrize(("n", "q", "tau"), [(64, 3, 10), (513, 9, 10), (4099, 17, 7), (1000, 5, 256), (3, 40, 2)])
+def test_native_cpu_isa_paths(monkeypatch, isa, n, q, tau):
+    """Both popcount paths (AVX-512 VPOPCNTDQ where the CPU has it, and the portable one)."""
+    require_backend("label_mi", "cpu")
+    monkeypatch.setenv("UBS_CPU_ISA", isa)
+    bins = correlated_bins(n, q, tau, seed=n + q)
+    expected = reference.label_mi(bins, tau, dtype=torch.float64)
+    torch.testing.assert_close(ubs.label_mi(bins, tau, backend="cpu").double(), expected, rtol=1e-5, atol=1e-6)
+    c = ubs.label_mi(bins, tau, rowsum=True, backend="cpu").double()
+    torch.testing.assert_close(c, expected.sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_native_label_mi_checks_for_itself():
+    require_backend("label_mi", "cpu")
+    with pytest.raises(ValueError, match=r"bins must be in \[0, tau=4\)"):
+        torch.ops.ubs_kernels.label_mi(torch.full((5, 2), 4, dtype=torch.uint8), 4, False)
+    with pytest.raises(TypeError, match="bins must be uint8"):
+        torch.ops.ubs_kernels.label_mi(torch.zeros(5, 2, dtype=torch.int64), 4, False)
+    with pytest.raises(ValueError, match="tau"):
+        torch.ops.ubs_kernels.label_mi(torch.zeros(5, 2, dtype=torch.uint8), 1, False)
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
 def test_label_mi_accepts_integer_dtypes(dtype):
     bins = correlated_bins(200, 6, 10, 1)

@@ -29,7 +29,7 @@ BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
 
 # Ops whose native kernels are registered under ubs_kernels::<name>; dispatch asks the
 # dispatcher whether this build has a kernel for the device at hand.
-_NATIVE_NAMES = {"observe": "observe"}
+_NATIVE_NAMES = {"observe": "observe", "label_mi": "label_mi"}
 
 selection_pressure = reference.selection_pressure
 
@@ -137,7 +137,10 @@ def label_mi(bins: torch.Tensor, tau: int = 10, rowsum: bool = False, backend: s
     """
     tau = _checks.check_tau(tau)
     bins = _checks.check_bins(bins, tau)
-    resolve_backend("label_mi", bins.device, backend)
+    chosen = resolve_backend("label_mi", bins.device, backend)
+    if chosen != "torch":
+        # The native kernels take uint8 bins; values were range-checked above.
+        return native_ops.call("label_mi", bins.to(torch.uint8).contiguous(), tau, rowsum)
     n = bins.shape[0]
     # One-hot Gram counts are exact in float32 up to 2^24 rows; beyond that use float64.
     dtype = torch.float32 if n < (1 << 24) else torch.float64
@@ -171,3 +174,8 @@ if native_ops.loaded:
     @torch.library.register_fake("ubs_kernels::observe")
     def _observe_fake(history, seen, uncertainty, bins, indices, probs, lam, tau):
         return None
+
+    @torch.library.register_fake("ubs_kernels::label_mi")
+    def _label_mi_fake(bins, tau, rowsum=False):
+        q = bins.shape[1]
+        return bins.new_empty((q,) if rowsum else (q, q), dtype=torch.float32)

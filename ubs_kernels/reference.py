@@ -26,7 +26,8 @@ start needs no storage of its own. ``uncertainty`` is ``(n, q)`` float32 and ``b
 ``(n, q)`` uint8.
 
 U is always computed from the probabilities *as stored* in ``history`` (rounded to its
-dtype), so the per-step observe pass and the whole-matrix pass agree exactly.
+dtype), so the per-step observe pass and the whole-matrix pass agree (exactly within one
+backend; to float32 rounding across backends, which order operations differently).
 """
 
 from __future__ import annotations

@@ -1,0 +1,88 @@
+"""Smoke test of bench/: both benchmark scripts in ``--quick`` mode, then the plot, end to end.
+
+Checks the contract of the results, not the speed: each script exits 0 (so every provider
+passed its correctness gate against the reference), writes its CSV in the long format with the
+documented columns, has a timing row for every provider, and ``plot.py`` writes one PNG per op.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ubs_kernels as ubs
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = [
+    "op", "provider", "device", "n", "q", "tau", "T", "batch", "rowsum", "dtype",
+    "median_s", "p20_s", "p80_s", "metric", "value", "note",
+    "hardware", "cores", "python", "torch", "numpy", "sklearn", "ubs_kernels", "git_sha", "timestamp",
+]  # fmt: skip
+BASELINES = ("torch_onehot_matmul", "numpy_bincount", "sklearn_pairwise")
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    _run("bench_observe.py", "--quick", "--out", str(out))
+    _run("bench_label_mi.py", "--quick", "--out", str(out))
+    return out
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    assert path.is_file(), f"{path.name} was not written"
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == COLUMNS
+        return list(reader)
+
+
+def _check_providers(rows: list[dict[str, str]], op: str, providers: set[str]) -> None:
+    assert {r["op"] for r in rows} == {op}
+    timed = [r for r in rows if r["metric"] == "time_s"]
+    assert {r["provider"] for r in timed} == providers
+    for r in timed:
+        assert math.isfinite(float(r["median_s"])) and float(r["median_s"]) > 0, r
+        assert float(r["p20_s"]) <= float(r["median_s"]) <= float(r["p80_s"]), r
+        assert r["hardware"] and r["torch"] and r["git_sha"] and r["timestamp"], r
+
+
+def test_label_mi_csv(results: Path) -> None:
+    rows = _rows(results / "label_mi.csv")
+    ubs_names = {f"ubs_{b}" for b in ubs.available_backends("label_mi", "cpu")}
+    _check_providers(rows, "label_mi", ubs_names | set(BASELINES))
+    for name in ubs_names:
+        modes = {r["rowsum"] for r in rows if r["provider"] == name and r["metric"] == "time_s"}
+        assert modes == {"False", "True"}, f"{name}: full and rowsum modes expected, got {modes}"
+        speedups = {r["metric"] for r in rows if r["provider"] == name and r["metric"].startswith("speedup_vs_")}
+        assert speedups == {f"speedup_vs_{b}" for b in BASELINES}
+
+
+def test_observe_csv(results: Path) -> None:
+    rows = _rows(results / "observe.csv")
+    ubs_names = {f"ubs_{b}" for b in ubs.available_backends("observe", "cpu")}
+    _check_providers(rows, "observe", ubs_names | {"authors_style"})
+    metrics = {r["metric"] for r in rows}
+    assert {"epoch_s", "GB_per_s", "speedup_vs_authors_style"} <= metrics
+    assert {r["dtype"] for r in rows if r["provider"] in ubs_names} == {"float16", "float32"}
+
+
+def test_plot(results: Path) -> None:
+    _run("plot.py", str(results))
+    for op in ("label_mi", "observe"):
+        png = results / f"{op}.png"
+        assert png.is_file() and png.stat().st_size > 1000, f"{png.name} was not written"
