@@ -1,0 +1,108 @@
+"""Plot the benchmark CSVs of a folder: one PNG per op, median time per call against problem size.
+
+Reads every ``*.csv`` in DIR (the long format of ``bench/harness.py``; only ``metric=time_s``
+rows are plotted) and writes ``DIR/<op>.png``: log-scale median time (bars from p20 to p80)
+against the sizes, labelled ``n×q`` and ordered by ``n*q``, one line per provider (and mode:
+``rowsum`` for label_mi, the history dtype for observe). Extrapolated timings (sklearn on a
+subset of pairs) are drawn as hollow markers on dashed segments.
+
+    python bench/plot.py bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TITLES = {
+    "label_mi": "label_mi (Eq. 6): all label-pair MI per epoch",
+    "observe": "observe (Eq. 1, 4, 5): one training step",
+}
+
+
+def read_rows(folder: Path) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for path in sorted(folder.glob("*.csv")):
+        with open(path, newline="") as f:
+            rows.extend(csv.DictReader(f))
+    return rows
+
+
+def series_name(row: dict[str, str], dtypes: set[str]) -> str:
+    name = row["provider"]
+    if row.get("rowsum") == "True":
+        name += " rowsum"
+    if len(dtypes) > 1 and row.get("dtype"):
+        name += f" [{row['dtype']}]"
+    if row.get("device") and row["device"] != "cpu":
+        name += f" ({row['device']})"
+    return name
+
+
+def plot_op(op: str, rows: list[dict[str, str]], out: Path) -> Path:
+    sizes = sorted({(int(r["n"]), int(r["q"])) for r in rows}, key=lambda s: (s[0] * s[1], s))
+    xpos = {s: i for i, s in enumerate(sizes)}
+    dtypes = {r.get("dtype", "") for r in rows}
+    series: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        series[series_name(r, dtypes)].append(r)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(sizes) + 3), 5))
+    for ci, name in enumerate(sorted(series)):
+        pts = sorted(series[name], key=lambda r: xpos[(int(r["n"]), int(r["q"]))])
+        x = [xpos[(int(r["n"]), int(r["q"]))] for r in pts]
+        y = [float(r["median_s"]) for r in pts]
+        lo = [yi - float(r["p20_s"]) for yi, r in zip(y, pts, strict=True)]
+        hi = [float(r["p80_s"]) - yi for yi, r in zip(y, pts, strict=True)]
+        extra = ["extrapolated" in r["note"] for r in pts]
+        color = f"C{ci % 10}"
+        ax.plot([], [], marker="o", color=color, label=name)
+        for i in range(len(x) - 1):  # dashed where either end is an extrapolation
+            style = "--" if extra[i] or extra[i + 1] else "-"
+            ax.plot(x[i : i + 2], y[i : i + 2], linestyle=style, color=color, linewidth=1.5)
+        ax.errorbar(x, y, yerr=[lo, hi], fmt="none", ecolor=color, capsize=3, linewidth=1)
+        for xi, yi, ex in zip(x, y, extra, strict=True):
+            ax.plot(xi, yi, marker="o", markersize=7, color=color, markerfacecolor="white" if ex else color)
+    if any("extrapolated" in r["note"] for r in rows):
+        ax.plot([], [], marker="o", linestyle="--", color="gray", markerfacecolor="white",
+                label="hollow / dashed: extrapolated")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(sizes)))
+    ax.set_xticklabels([f"{n}×{q}" for n, q in sizes])
+    ax.set_xlabel("problem size n×q (samples × labels)")
+    unit = "per step" if op == "observe" else "per call"
+    ax.set_ylabel(f"median time {unit} [s] (bars: p20-p80)")
+    hw = rows[0].get("hardware", "")
+    ax.set_title(f"{TITLES.get(op, op)}\n{hw}, {rows[0].get('cores', '?')} cores, torch {rows[0].get('torch', '')}",
+                 fontsize=10)  # fmt: skip
+    ax.grid(True, which="both", axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = out / f"{op}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("dir", type=Path, help="folder with the benchmark CSVs; PNGs are written there")
+    args = p.parse_args(argv)
+    by_op: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in read_rows(args.dir):
+        if r.get("metric") == "time_s" and r.get("median_s"):
+            by_op[r["op"]].append(r)
+    if not by_op:
+        raise SystemExit(f"no timing rows in {args.dir}/*.csv")
+    for op, rows in sorted(by_op.items()):
+        print(f"wrote {plot_op(op, rows, args.dir)}")
+
+
+if __name__ == "__main__":
+    main()
