@@ -71,6 +71,7 @@ def test_observe_rejects_and_leaves_state(backend, indices, probs, kwargs, exc, 
     [
         (0, torch.zeros(N, T, Q, dtype=torch.float64), TypeError, "history"),
         (0, torch.zeros(N, Q, dtype=torch.float16), ValueError, "history"),
+        (0, torch.zeros(N, 0, Q, dtype=torch.float16), ValueError, "every size >= 1"),
         (1, torch.zeros(N, dtype=torch.int32), TypeError, "seen"),
         (1, torch.zeros(N + 1, dtype=torch.int64), ValueError, "seen"),
         (2, torch.zeros(N, Q + 1), ValueError, "uncertainty"),
