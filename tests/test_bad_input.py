@@ -42,6 +42,7 @@ OBSERVE_CASES = [
     ("probs-shape-labels", IDX, torch.full((3, Q + 1), 0.5), {}, ValueError, "probs must have shape"),
     ("probs-int", IDX, torch.zeros(3, Q, dtype=torch.int64), {}, TypeError, "probs"),
     ("probs-device", IDX, torch.full((3, Q), 0.5, device="meta"), {}, ValueError, "probs"),
+    ("probs-list", IDX, [[0.5] * Q] * 3, {}, TypeError, "probs must be a torch.Tensor"),
     ("index-too-large", torch.tensor([0, 5, N]), _probs(), {}, IndexError, "indices"),
     ("index-negative", torch.tensor([0, -1, 2]), _probs(), {}, IndexError, "indices"),
     ("index-duplicate", torch.tensor([4, 7, 4]), _probs(), {}, ValueError, "duplicate"),
@@ -93,8 +94,8 @@ def test_observe_rejects_bad_state(backend, which, bad, exc, match):
 
 @pytest.mark.parametrize(
     ("indices", "probs", "kwargs", "exc", "match"),
-    [c[1:] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device")],
-    ids=[c[0] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device")],
+    [c[1:] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
+    ids=[c[0] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
 )
 def test_native_op_checks_for_itself(indices, probs, kwargs, exc, match):
     """torch.ops.ubs_kernels.observe called directly, without the Python checks."""

@@ -98,7 +98,7 @@ def observe(
     """
     n, q = _checks.check_state(history, seen, uncertainty, bins)
     indices = _checks.check_indices(indices, n, history.device)
-    probs = _checks.check_probs(probs.detach(), indices.numel(), q, history.device)
+    probs = _checks.check_probs(probs, indices.numel(), q, history.device).detach()
     lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
     if indices.numel() == 0:
         return
