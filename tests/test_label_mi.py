@@ -77,10 +77,10 @@ def test_label_mi_backend_equals_sklearn(backend, case):
     np.testing.assert_allclose(c.numpy(), expected.sum(1), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("isa", ["auto", "portable"])
+@pytest.mark.parametrize("isa", ["auto", "avx512", "popcnt", "portable"])
 @pytest.mark.parametrize(("n", "q", "tau"), [(64, 3, 10), (513, 9, 10), (4099, 17, 7), (1000, 5, 256), (3, 40, 2)])
 def test_native_cpu_isa_paths(monkeypatch, isa, n, q, tau):
-    """Both popcount paths (AVX-512 VPOPCNTDQ where the CPU has it, and the portable one)."""
+    """Every popcount path: AVX-512 VPOPCNTDQ and POPCNT where the CPU has them, and the portable one."""
     require_backend("label_mi", "cpu")
     monkeypatch.setenv("UBS_CPU_ISA", isa)
     bins = correlated_bins(n, q, tau, seed=n + q)
@@ -88,6 +88,22 @@ def test_native_cpu_isa_paths(monkeypatch, isa, n, q, tau):
     torch.testing.assert_close(ubs.label_mi(bins, tau, backend="cpu").double(), expected, rtol=1e-5, atol=1e-6)
     c = ubs.label_mi(bins, tau, rowsum=True, backend="cpu").double()
     torch.testing.assert_close(c, expected.sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_native_row_sums_are_deterministic():
+    """Row sums are reduced in a fixed order: repeated calls give the same bits."""
+    require_backend("label_mi", "cpu")
+    bins = correlated_bins(3000, 150, 10, 5)
+    first = ubs.label_mi(bins, 10, rowsum=True, backend="cpu")
+    for _ in range(5):
+        assert torch.equal(ubs.label_mi(bins, 10, rowsum=True, backend="cpu"), first)
+
+
+def test_native_label_mi_rejects_unknown_isa(monkeypatch):
+    require_backend("label_mi", "cpu")
+    monkeypatch.setenv("UBS_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="UBS_CPU_ISA"):
+        ubs.label_mi(torch.zeros(4, 3, dtype=torch.uint8), 10, backend="cpu")
 
 
 def test_native_label_mi_checks_for_itself():

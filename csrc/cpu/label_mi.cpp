@@ -4,8 +4,8 @@
 // the n samples and a joint count is popcount(A_k & B_l). Only tau-1 bins per label are
 // stored: the counts of the last bin follow from the marginals. Per pair the MI is
 //   MI = (1/N) sum_kl c_kl ln c_kl + ln N - (1/N) sum_k a_k ln a_k - (1/N) sum_l b_l ln b_l,
-// with the per-label sums precomputed. The AND+popcount loop has an AVX-512 VPOPCNTDQ path
-// chosen at run time and a portable path (UBS_CPU_ISA=portable forces it).
+// with the per-label sums precomputed. The AND+popcount loop has an AVX-512 VPOPCNTDQ path, a
+// POPCNT path and a portable one, chosen at run time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,7 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -28,11 +28,10 @@ namespace {
 constexpr int64_t kLanes = 8;  // words per AVX-512 vector; rows are padded to a multiple
 
 // counts[k * K + l] = popcount(A_k & B_l) for k, l < K; A and B are K rows of W words.
-#ifdef UBS_X86
-__attribute__((target("popcnt")))
-#endif
-void pair_counts_portable(const uint64_t* A, const uint64_t* B, int64_t W, int64_t K,
-                          int64_t* counts) {
+// Inlined into each wrapper below, so each compiles it for its own instruction set.
+__attribute__((always_inline)) inline void pair_counts_scalar(const uint64_t* A, const uint64_t* B,
+                                                              int64_t W, int64_t K,
+                                                              int64_t* counts) {
   for (int64_t k = 0; k < K; ++k) {
     const uint64_t* a = A + k * W;
     for (int64_t l = 0; l < K; ++l) {
@@ -43,6 +42,20 @@ void pair_counts_portable(const uint64_t* A, const uint64_t* B, int64_t W, int64
     }
   }
 }
+
+// Any CPU: the compiler's generic popcount.
+void pair_counts_portable(const uint64_t* A, const uint64_t* B, int64_t W, int64_t K,
+                          int64_t* counts) {
+  pair_counts_scalar(A, B, W, K, counts);
+}
+
+#ifdef UBS_X86
+// x86-64 with the POPCNT instruction (nearly all since 2008, but not guaranteed by the ABI).
+__attribute__((target("popcnt"))) void pair_counts_popcnt(const uint64_t* A, const uint64_t* B,
+                                                          int64_t W, int64_t K, int64_t* counts) {
+  pair_counts_scalar(A, B, W, K, counts);
+}
+#endif
 
 #ifdef UBS_X86
 // NL accumulators, a compile-time count, so they stay in registers.
@@ -107,15 +120,20 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void pair_counts_avx512(const
 
 using PairCounts = void (*)(const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t*);
 
+// The fastest path this CPU runs; UBS_CPU_ISA=avx512|popcnt|portable caps the choice (tests
+// use it to run every path on one machine).
 PairCounts choose_pair_counts() {
-  const char* isa = std::getenv("UBS_CPU_ISA");
-  const bool portable = isa != nullptr && std::strcmp(isa, "portable") == 0;
+  const char* env = std::getenv("UBS_CPU_ISA");
+  const std::string cap = env != nullptr ? env : "auto";
+  TORCH_CHECK_VALUE(cap == "auto" || cap == "avx512" || cap == "popcnt" || cap == "portable",
+                    "UBS_CPU_ISA must be auto, avx512, popcnt or portable, got ", cap);
 #ifdef UBS_X86
-  if (!portable && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) {
+  if ((cap == "auto" || cap == "avx512") && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512vpopcntdq")) {
     return pair_counts_avx512;
   }
+  if (cap != "portable" && __builtin_cpu_supports("popcnt")) return pair_counts_popcnt;
 #endif
-  (void)portable;
   return pair_counts_portable;
 }
 
@@ -192,59 +210,65 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
     for (int64_t k = 0; k < tau; ++k) marginal_xlogx[a] += xlogx(hist[a * tau + k]);
   }
 
-  auto out = rowsum ? at::zeros({q}, bins.options().dtype(at::kFloat))
+  auto out = rowsum ? at::empty({q}, bins.options().dtype(at::kFloat))
                     : at::empty({q, q}, bins.options().dtype(at::kFloat));
   float* op = out.data_ptr<float>();
-  std::vector<double> sums(rowsum ? q : 0, 0.0);
-  std::mutex sums_mutex;
   const double N = static_cast<double>(n), lnN = n > 0 ? std::log(N) : 0.0;
   const PairCounts pair_counts = choose_pair_counts();
   const XLogX xlx(n);
   const int64_t pairs = q * (q - 1) / 2;
+  // Pairs (a < b) in row-major order, cut into equal chunks so the triangle's rows balance.
+  // Row sums: one partial per chunk, added in chunk order, so results do not depend on which
+  // thread finishes first.
+  // At most one chunk per pair: every chunk is non-empty, and q = 1 (no pairs) runs none.
+  const int64_t chunks = std::min<int64_t>(pairs, 4 * at::get_num_threads());
+  std::vector<double> partial(rowsum ? chunks * q : 0, 0.0);
 
-  // Pairs (a < b) in row-major order, split evenly so the triangle's rows balance.
-  at::parallel_for(0, pairs, 64, [&](int64_t p0, int64_t p1) {
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<int64_t> c(static_cast<size_t>(tau * tau));
-    std::vector<double> local(rowsum ? q : 0, 0.0);
-    int64_t a = 0, first = 0;  // first pair index of row a
-    while (first + (q - 1 - a) <= p0) first += q - 1 - a++;
-    int64_t b = a + 1 + (p0 - first);
-    for (int64_t p = p0; p < p1; ++p) {
-      pair_counts(&bits[a * K * Wp], &bits[b * K * Wp], Wp, K, c.data());
-      // Expand the K x K block to tau x tau with the marginals (last row and column).
-      double joint = 0.0;
-      int64_t corner = n;
-      for (int64_t k = 0; k < K; ++k) {
-        int64_t row_rest = hist[a * tau + k];
-        for (int64_t l = 0; l < K; ++l) {
-          joint += xlx(c[k * K + l]);
-          row_rest -= c[k * K + l];
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      const int64_t p0 = pairs * chunk / chunks, p1 = pairs * (chunk + 1) / chunks;
+      double* local = rowsum ? &partial[chunk * q] : nullptr;
+      int64_t a = 0, first = 0;  // first pair index of row a
+      while (first + (q - 1 - a) <= p0) first += q - 1 - a++;
+      int64_t b = a + 1 + (p0 - first);
+      for (int64_t p = p0; p < p1; ++p) {
+        pair_counts(&bits[a * K * Wp], &bits[b * K * Wp], Wp, K, c.data());
+        // Expand the K x K block to tau x tau with the marginals (last row and column).
+        double joint = 0.0;
+        int64_t corner = n;
+        for (int64_t k = 0; k < K; ++k) {
+          int64_t row_rest = hist[a * tau + k];
+          for (int64_t l = 0; l < K; ++l) {
+            joint += xlx(c[k * K + l]);
+            row_rest -= c[k * K + l];
+          }
+          joint += xlx(row_rest);
+          corner -= hist[a * tau + k];
         }
-        joint += xlx(row_rest);
-        corner -= hist[a * tau + k];
+        for (int64_t l = 0; l < K; ++l) {
+          int64_t col_rest = hist[b * tau + l];
+          for (int64_t k = 0; k < K; ++k) col_rest -= c[k * K + l];
+          joint += xlx(col_rest);
+          corner -= col_rest;
+        }
+        joint += xlx(corner);
+        double mi = n > 0 ? (joint - marginal_xlogx[a] - marginal_xlogx[b]) / N + lnN : 0.0;
+        mi = mi > 0.0 ? mi : 0.0;  // rounding can leave a true zero slightly negative
+        if (rowsum) {
+          local[a] += mi;
+          local[b] += mi;
+        } else {
+          op[a * q + b] = op[b * q + a] = static_cast<float>(mi);
+        }
+        if (++b == q) b = ++a + 1;
       }
-      for (int64_t l = 0; l < K; ++l) {
-        int64_t col_rest = hist[b * tau + l];
-        for (int64_t k = 0; k < K; ++k) col_rest -= c[k * K + l];
-        joint += xlx(col_rest);
-        corner -= col_rest;
-      }
-      joint += xlx(corner);
-      double mi = n > 0 ? (joint - marginal_xlogx[a] - marginal_xlogx[b]) / N + lnN : 0.0;
-      mi = mi > 0.0 ? mi : 0.0;  // rounding can leave a true zero slightly negative
-      if (rowsum) {
-        local[a] += mi;
-        local[b] += mi;
-      } else {
-        op[a * q + b] = op[b * q + a] = static_cast<float>(mi);
-      }
-      if (++b == q) b = ++a + 1;
-    }
-    if (rowsum) {
-      std::lock_guard<std::mutex> guard(sums_mutex);
-      for (int64_t j = 0; j < q; ++j) sums[j] += local[j];
     }
   });
+  std::vector<double> sums(rowsum ? q : 0, 0.0);
+  for (int64_t chunk = 0; rowsum && chunk < chunks; ++chunk) {
+    for (int64_t j = 0; j < q; ++j) sums[j] += partial[chunk * q + j];
+  }
   for (int64_t a = 0; a < q; ++a) {
     if (rowsum) {
       op[a] = static_cast<float>(sums[a] + 1.0);  // C_aa = 1
