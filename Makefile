@@ -17,7 +17,7 @@ $(STAMP): $(NATIVE_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
 	$(PY) -m pip install "setuptools>=64" wheel "cmake>=3.18" ninja
-	$(PY) -m pip install --no-build-isolation -e ".[test,bench,dev]"
+	$(PY) -m pip install --no-build-isolation -e ".[test,bench,dev,lightning]"
 	$(PY) -c "import ubs_kernels as u; print(u.build_info())"
 	touch $@
 

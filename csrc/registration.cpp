@@ -20,6 +20,17 @@ TORCH_LIBRARY(ubs_kernels, m) {
   // the binned U, diagonal 1. bins (n, q) u8 in [0, tau) -> (q, q) f32, or with rowsum the
   // row sums (q,) f32 without materialising q x q.
   m.def("label_mi(Tensor bins, int tau, bool rowsum=False) -> Tensor");
+
+  // The whole-matrix pass (SPEC.md Eq. 1, 4, 5 and the bin for all n rows from the history):
+  // history (n, T, q) f16|f32, seen (n,) i64 -> (uncertainty (n, q) f32, bins (n, q) u8).
+  // Rows of samples never observed (seen == 0) are 0 in both outputs.
+  m.def("uncertainty(Tensor history, Tensor seen, float lam, int tau) -> (Tensor, Tensor)");
+
+  // SPEC.md Eq. 7-10 fused: w = U c, z = min-max of w over observed samples (never-observed
+  // samples get z = 1; all-equal gives z = 0), Q = floor((1 - z) n), and
+  // log P = -ln(pressure) Q / n - logsumexp. uncertainty (n, q) f32, c (q,) f32, seen (n,)
+  // i64, pressure >= 1 -> (n,) f32.
+  m.def("selection_log_probs(Tensor uncertainty, Tensor c, Tensor seen, float pressure) -> Tensor");
 }
 
 // The extension is imported as a Python module only to run the static registrations above;

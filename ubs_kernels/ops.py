@@ -28,8 +28,9 @@ from ._native import native_ops
 BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
 
 # Ops whose native kernels are registered under ubs_kernels::<name>; dispatch asks the
-# dispatcher whether this build has a kernel for the device at hand.
-_NATIVE_NAMES = {"observe": "observe", "label_mi": "label_mi"}
+# dispatcher whether this build has a kernel for the device at hand. The Triton kernels are
+# registered as ubs_kernels::<name>_triton by ubs_kernels.triton (torch.library.triton_op).
+_NATIVE_NAMES = {op: op for op in ("observe", "uncertainty", "label_mi", "selection_log_probs")}
 
 selection_pressure = reference.selection_pressure
 
@@ -46,10 +47,36 @@ def available_backends(op: str, device: torch.device | str) -> list[str]:
     device = torch.device(device)
     found = []
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    if key is not None and op in _NATIVE_NAMES and native_ops.has_kernel(_NATIVE_NAMES[op], key):
+    native = key is not None and op in _NATIVE_NAMES and native_ops.has_kernel(_NATIVE_NAMES[op], key)
+    triton = _triton_available(op, device)
+    # Order is the "auto" preference. On CUDA it is set by measurement (bench/RESULTS.md).
+    if native:
         found.append(device.type)
+    if triton:
+        found.insert(0 if device.type == "cuda" and op in _TRITON_FIRST_ON_CUDA else len(found), "triton")
     found.append("torch")
     return found
+
+
+# Ops for which the Triton kernel beats the CUDA C++ one on the H200 (bench/RESULTS.md).
+_TRITON_FIRST_ON_CUDA: frozenset[str] = frozenset()
+
+
+def _triton_available(op: str, device: torch.device) -> bool:
+    """Triton runs on CUDA devices, and on the CPU only under ``TRITON_INTERPRET=1``."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    if device.type not in ("cpu", "cuda"):
+        return False
+    from . import triton as triton_backend
+
+    return triton_backend.available(op, device)
+
+
+def _call(op: str, backend: str, *args):
+    """Run the registered kernel of ``op`` for a non-torch ``backend``."""
+    name = f"{op}_triton" if backend == "triton" else _NATIVE_NAMES[op]
+    return getattr(torch.ops.ubs_kernels, name)(*args)
 
 
 def resolve_backend(op: str, device: torch.device | str, backend: str | None = None) -> str:
@@ -107,7 +134,7 @@ def observe(
         with torch.no_grad():
             reference.observe(history, seen, uncertainty, bins, indices, probs, lam, tau)
     else:
-        native_ops.call("observe", history, seen, uncertainty, bins, indices.long(), probs, lam, tau)
+        _call("observe", chosen, history, seen, uncertainty, bins, indices.long(), probs, lam, tau)
 
 
 def uncertainty(
@@ -119,7 +146,10 @@ def uncertainty(
     """
     _checks.check_state(history, seen)
     lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
-    resolve_backend("uncertainty", history.device, backend)
+    chosen = resolve_backend("uncertainty", history.device, backend)
+    if chosen != "torch":
+        u, b = _call("uncertainty", chosen, history, seen, lam, tau)
+        return u, b
     with torch.no_grad():
         return reference.uncertainty(history, seen, lam, tau)
 
@@ -139,8 +169,8 @@ def label_mi(bins: torch.Tensor, tau: int = 10, rowsum: bool = False, backend: s
     bins = _checks.check_bins(bins, tau)
     chosen = resolve_backend("label_mi", bins.device, backend)
     if chosen != "torch":
-        # The native kernels take uint8 bins; values were range-checked above.
-        return native_ops.call("label_mi", bins.to(torch.uint8).contiguous(), tau, rowsum)
+        # The native and Triton kernels take uint8 bins; values were range-checked above.
+        return _call("label_mi", chosen, bins.to(torch.uint8).contiguous(), tau, rowsum)
     n = bins.shape[0]
     # One-hot Gram counts are exact in float32 up to 2^24 rows; beyond that use float64.
     dtype = torch.float32 if n < (1 << 24) else torch.float64
@@ -163,7 +193,16 @@ def selection_log_probs(
     """
     _checks.check_weights_args(uncertainty, c, seen)
     pressure = _checks.check_pressure(pressure)
-    resolve_backend("selection_log_probs", uncertainty.device, backend)
+    chosen = resolve_backend("selection_log_probs", uncertainty.device, backend)
+    if chosen != "torch":
+        return _call(
+            "selection_log_probs",
+            chosen,
+            uncertainty.to(torch.float32).contiguous(),
+            c.to(torch.float32).contiguous(),
+            seen,
+            pressure,
+        )
     with torch.no_grad():
         return reference.selection_log_probs(uncertainty, c, seen, pressure).to(torch.float32)
 
@@ -179,3 +218,12 @@ if native_ops.loaded:
     def _label_mi_fake(bins, tau, rowsum=False):
         q = bins.shape[1]
         return bins.new_empty((q,) if rowsum else (q, q), dtype=torch.float32)
+
+    @torch.library.register_fake("ubs_kernels::uncertainty")
+    def _uncertainty_fake(history, seen, lam, tau):
+        n, _, q = history.shape
+        return history.new_empty((n, q), dtype=torch.float32), history.new_empty((n, q), dtype=torch.uint8)
+
+    @torch.library.register_fake("ubs_kernels::selection_log_probs")
+    def _selection_log_probs_fake(uncertainty, c, seen, pressure):
+        return uncertainty.new_empty((uncertainty.shape[0],), dtype=torch.float32)
