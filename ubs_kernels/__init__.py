@@ -11,6 +11,13 @@ from __future__ import annotations
 import torch
 
 from ._native import native_ops
+from .comparators import (
+    ActiveBiasSelector,
+    BalanceSelector,
+    HardImbalanceSelector,
+    RandomSelector,
+    RecencyBiasSelector,
+)
 from .ops import (
     available_backends,
     label_mi,
@@ -20,6 +27,7 @@ from .ops import (
     selection_pressure,
     uncertainty,
 )
+from .selector import BatchSelector, IndexedDataset, UncertaintyBatchSelector
 
 __version__ = "0.1.0"
 
@@ -27,6 +35,14 @@ OPS = ("observe", "uncertainty", "label_mi", "selection_log_probs")
 
 __all__ = [
     "OPS",
+    "ActiveBiasSelector",
+    "BalanceSelector",
+    "BatchSelector",
+    "HardImbalanceSelector",
+    "IndexedDataset",
+    "RandomSelector",
+    "RecencyBiasSelector",
+    "UncertaintyBatchSelector",
     "available_backends",
     "build_info",
     "label_mi",

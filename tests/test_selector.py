@@ -1,0 +1,246 @@
+"""UncertaintyBatchSelector: epochs, P against an independent float64 pipeline, resume, memory."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import mutual_info_score
+
+import ubs_kernels as ubs
+from ubs_kernels import reference
+
+
+def fake_probs(indices: torch.Tensor, epoch: int, q: int) -> torch.Tensor:
+    """Deterministic predictions that depend on the sample and the epoch, in [0, 1]."""
+    i = indices.double().unsqueeze(1)
+    j = torch.arange(q, dtype=torch.float64)
+    return (0.5 + 0.5 * torch.sin(0.37 * i * (j + 1) + 0.9 * epoch * (1 + (i % 3)))).float()
+
+
+def run(sel, epochs: int, q: int, record: list | None = None, stop_after: int | None = None) -> int:
+    """Train-loop stand-in; returns the number of steps taken (stops after ``stop_after``)."""
+    steps = 0
+    while sel.epoch < epochs or sel._plan is None or sel._cursor < len(sel):
+        epoch = sel.epoch if sel._plan is None or sel._cursor < len(sel) else sel.epoch + 1
+        if epoch >= epochs:
+            break
+        for indices in sel:
+            sel.observe(indices, fake_probs(indices, sel.epoch, q))
+            if record is not None:
+                record.append((sel.epoch, indices.clone()))
+            steps += 1
+            if stop_after is not None and steps == stop_after:
+                return steps
+    return steps
+
+
+def make(n=300, q=7, **kw):
+    kw = {"batch_size": 32, "epochs": 8, "warmup": 2, "seed": 5, **kw}
+    return ubs.UncertaintyBatchSelector(n, q, **kw)
+
+
+def test_warmup_epochs_are_permutations_then_selection_batches_are_distinct():
+    n, q = 300, 7
+    sel = make(n, q)
+    seen_epochs = []
+    for epoch in range(4):
+        batches = list(sel)
+        for b in batches:
+            sel.observe(b, fake_probs(b, epoch, q))
+        seen_epochs.append(sel.epoch)
+        assert len(batches) == len(sel) == 10
+        flat = torch.cat(batches)
+        if epoch < 2:
+            assert sorted(flat.tolist()) == list(range(n))
+            assert [len(b) for b in batches] == [32] * 9 + [12]
+        else:
+            assert all(len(b) == 32 and b.unique().numel() == 32 for b in batches)
+            assert float(sel.sample_probabilities.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert seen_epochs == [0, 1, 2, 3]
+
+
+def test_selection_probabilities_match_an_independent_float64_pipeline():
+    n, q, tau = 200, 5, 10
+    sel = make(n, q, bins=tau)
+    for epoch in range(3):
+        for b in sel:
+            sel.observe(b, fake_probs(b, epoch, q))
+    next(iter(sel))  # plans epoch 3 (a selection epoch)
+    # Independent: U from the numpy oracle of each sample's own history; MI from sklearn.
+    u = sel.uncertainty.double().numpy()
+    bins = np.minimum(np.floor(u * tau), tau - 1).astype(int)
+    observed = sel.seen.numpy() > 0
+    C = np.ones((q, q))
+    for a in range(q):
+        for c in range(q):
+            if a != c:
+                C[a, c] = mutual_info_score(bins[observed, a], bins[observed, c])
+    w = u @ C.sum(1)
+    z = np.where(observed, (w - w[observed].min()) / (w[observed].max() - w[observed].min()), 1.0)
+    Q = np.floor((1 - z) * n)
+    s = ubs.selection_pressure(3, 100.0, 2, 8)
+    logits = -np.log(s) * Q / n
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    np.testing.assert_allclose(sel.sample_probabilities.double().numpy(), p, rtol=2e-4, atol=1e-9)
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    a, b, c = [], [], []
+    run(make(), 5, 7, a)
+    run(make(), 5, 7, b)
+    run(make(seed=6), 5, 7, c)
+    assert all(e1 == e2 and torch.equal(x, y) for (e1, x), (e2, y) in zip(a, b, strict=True))
+    assert any(not torch.equal(x, y) for (_, x), (_, y) in zip(a, c, strict=False))
+
+
+@pytest.mark.parametrize("stop_after", [3, 10, 20, 25, 47])  # mid warm-up, epoch ends, mid selection
+def test_resume_from_state_dict_gives_the_uninterrupted_run(stop_after):
+    q, epochs = 7, 6
+    whole = []
+    ref = make()
+    assert run(ref, epochs, q, whole) == epochs * len(ref) == 60
+    first = []
+    sel = make()
+    run(sel, epochs, q, first, stop_after=stop_after)
+    buffer = io.BytesIO()
+    torch.save(sel.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = make()
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    rest = []
+    run(resumed, epochs, q, rest)
+    joined = first + rest
+    assert len(joined) == len(whole)
+    for (e1, x), (e2, y) in zip(joined, whole, strict=True):
+        assert e1 == e2 and torch.equal(x, y)
+    for key in ("history", "seen", "uncertainty", "bins"):
+        assert torch.equal(resumed.state_dict()["state"][key], ref.state_dict()["state"][key])
+
+
+def test_set_epoch_keeps_the_epoch_in_progress_and_jumps_otherwise():
+    sel = make()
+    it = iter(sel)
+    next(it)
+    sel.set_epoch(0)  # same epoch, unfinished: keep the plan
+    assert sel._cursor == 1
+    sel.set_epoch(4)
+    assert sel.epoch == 4 and sel._plan is None
+    batches = list(sel)
+    assert sel.epoch == 4 and len(batches) == len(sel)
+
+
+def test_bad_state_dict_changes_nothing():
+    sel = make()
+    run(sel, 3, 7)
+    before = sel.state_dict()
+    for mutate in (
+        lambda sd: sd.pop("plan"),
+        lambda sd: sd.__setitem__("num_samples", 301),
+        lambda sd: sd.__setitem__("kind", "RandomSelector"),
+        lambda sd: sd["state"].__setitem__("history", torch.zeros(3)),
+        lambda sd: sd.__setitem__("cursor", 99),
+    ):
+        sd = sel.state_dict()
+        mutate(sd)
+        with pytest.raises((KeyError, ValueError, TypeError)):
+            sel.load_state_dict(sd)
+        after = sel.state_dict()
+        assert after["epoch"] == before["epoch"] and after["cursor"] == before["cursor"]
+        assert torch.equal(after["plan"], before["plan"])
+        assert all(torch.equal(after["state"][k], before["state"][k]) for k in before["state"])
+
+
+@pytest.mark.parametrize(
+    ("indices", "probs", "error"),
+    [
+        (torch.tensor([0, 0]), torch.full((2, 7), 0.5), ValueError),
+        (torch.tensor([0, 300]), torch.full((2, 7), 0.5), IndexError),
+        (torch.tensor([0, 1]), torch.tensor([[0.5] * 6 + [float("nan")]] * 2), ValueError),
+        (torch.tensor([0, 1]), torch.full((2, 7), 1.5), ValueError),
+        (torch.tensor([0, 1]), torch.full((2, 6), 0.5), ValueError),
+    ],
+)
+def test_bad_observation_raises_and_changes_nothing(indices, probs, error):
+    sel = make()
+    run(sel, 1, 7)
+    before = {k: v.clone() for k, v in sel.state_dict()["state"].items()}
+    with pytest.raises(error):
+        sel.observe(indices, probs)
+    assert all(torch.equal(sel.state_dict()["state"][k], v) for k, v in before.items())
+
+
+def test_memory_bytes_formula_and_refusal_before_allocating():
+    sel = make(n=300, q=7, window=5)
+    state = sum(t.numel() * t.element_size() for t in sel._state().values())
+    assert sel.memory_bytes() == state + 24 * 300 == 300 * (5 * 7 * 2 + 5 * 7 + 8) + 24 * 300
+    assert make(history_dtype=torch.float32).memory_bytes() == 300 * (5 * 7 * 4 + 5 * 7 + 8) + 24 * 300
+    with pytest.raises(MemoryError, match="num_samples=10000000000"):
+        ubs.UncertaintyBatchSelector(10**10, 1000)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"batch_size": 0}, "batch_size"), ({"window": 0}, "window"), ({"bins": 1}, "tau"), ({"s0": 0.5}, "pressure")],
+)
+def test_bad_construction_names_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        make(**kwargs)
+
+
+def test_works_as_dataloader_batch_sampler():
+    n, q = 100, 4
+    x = torch.randn(n, 3)
+    y = (torch.rand(n, q) < 0.3).float()
+    sel = make(n, q, batch_size=16)
+    loader = torch.utils.data.DataLoader(ubs.IndexedDataset(torch.utils.data.TensorDataset(x, y)), batch_sampler=sel)
+    assert len(loader) == 7
+    for epoch in range(3):
+        got = []
+        for idx, xb, yb in loader:
+            assert torch.equal(xb, x[idx]) and torch.equal(yb, y[idx])
+            sel.observe(idx, torch.sigmoid(xb[:, :1]).expand(-1, q))
+            got.append(idx)
+        assert sel.epoch == epoch
+        if epoch < 2:
+            assert sorted(torch.cat(got).tolist()) == list(range(n))
+
+
+def test_stateful_dataloader_resumes_exactly():
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    n, q = 120, 4
+    data = ubs.IndexedDataset(torch.utils.data.TensorDataset(torch.randn(n, 2)))
+
+    def loop(sel, loader, stop, out):
+        while len(out) < stop:
+            for idx, _x in loader:
+                sel.observe(idx, fake_probs(idx, sel.epoch, q))
+                out.append(idx.clone())
+                if len(out) == stop:
+                    return
+
+    whole, part, rest = [], [], []
+    ref = make(n, q, batch_size=16)
+    loop(ref, sdl.StatefulDataLoader(data, batch_sampler=ref), 40, whole)  # 5 epochs of 8 batches
+    sel = make(n, q, batch_size=16)
+    loader = sdl.StatefulDataLoader(data, batch_sampler=sel)
+    loop(sel, loader, 19, part)  # stops mid selection epoch 2
+    saved = loader.state_dict()
+    sel2 = make(n, q, batch_size=16)
+    loader2 = sdl.StatefulDataLoader(data, batch_sampler=sel2)
+    loader2.load_state_dict(saved)
+    loop(sel2, loader2, 21, rest)
+    assert len(part + rest) == len(whole) == 40
+    assert all(torch.equal(a, b) for a, b in zip(part + rest, whole, strict=True))
+
+
+def test_reference_mi_rowsums_agree_with_sklearn_on_selector_bins():
+    sel = make(n=150, q=4)
+    run(sel, 3, 4)
+    c = sel.label_correlation_rowsums().double()
+    bins = sel._bins.long()
+    expected = reference.label_mi(bins, 10, rowsum=True)
+    torch.testing.assert_close(c, expected, rtol=1e-5, atol=1e-6)

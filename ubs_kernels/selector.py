@@ -1,0 +1,375 @@
+"""The batch selectors: an epoch-planning base class and the paper's UncertaintyBatchSelector.
+
+A selector is a batch sampler: iterating it yields one epoch of CPU ``LongTensor`` batches of
+sample ids, so it works in a plain loop and as ``DataLoader(dataset, batch_sampler=selector)``.
+After each forward pass the training loop calls ``selector.observe(indices, probs)``. Every
+new iteration starts the next epoch: the selector refreshes its distribution P (SPEC.md
+Eq. 6-11) and plans the whole epoch at once (:mod:`ubs_kernels.sampling`).
+
+Planning depends only on ``(seed, epoch, rank)`` and the selector's state, and the plan of
+the epoch in progress is part of :meth:`state_dict`, so stopping after any step and resuming
+gives exactly the batches of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+
+from . import _checks, ops, sampling
+
+_HISTORY_DTYPES = (torch.float16, torch.float32)
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+class BatchSelector(torch.utils.data.Sampler):
+    """Epoch planning, iteration, checkpointing; subclasses say how P is computed.
+
+    Subclasses implement :meth:`_selection_log_probs` (``None`` for a uniform permutation)
+    and, if they keep per-sample state, :meth:`observe`, :meth:`_state` / :meth:`_load_state`
+    and :meth:`_state_bytes`.
+
+    Args:
+        num_samples: n, the size of the training set.
+        batch_size: b.
+        epochs: E, the epoch at which selection pressure reaches 1.
+        seed: planning depends only on ``(seed, epoch)``.
+        device: where per-sample state lives (the device of the predictions).
+        drop_last: ``floor(n/b)`` batches per epoch instead of ``ceil(n/b)``.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int = 128,
+        epochs: int = 100,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+    ) -> None:
+        self.num_samples = _positive_int("num_samples", num_samples)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.epochs = _positive_int("epochs", epochs)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self.device = torch.device(device)
+        self.drop_last = bool(drop_last)
+        if self.drop_last and num_samples < batch_size:
+            raise ValueError(f"drop_last with num_samples={num_samples} < batch_size={batch_size} leaves no batch")
+        self.rank = 0
+        self.epoch = 0
+        self._plan: torch.Tensor | None = None  # flat sample order of the current epoch
+        self._offsets: torch.Tensor | None = None  # (batches + 1,) start of each batch in _plan
+        self._cursor = 0  # batches of the current plan already handed out
+        self._log_p: torch.Tensor | None = None  # (n,) log P of the current epoch; None = uniform
+
+    # ----------------------------------------------------------------- subclass hooks
+    def _selection_log_probs(self, epoch: int) -> torch.Tensor | None:
+        """``(n,)`` log P for ``epoch``, or None for a uniform shuffle."""
+        return None
+
+    def _state(self) -> dict:
+        return {}
+
+    def _load_state(self, state: dict) -> None:
+        pass
+
+    def _check_state(self, state: dict) -> None:
+        pass
+
+    def _state_bytes(self) -> int:
+        return 0
+
+    def observe(self, indices: torch.Tensor, probs: torch.Tensor) -> None:
+        """Record one step's predictions. Selectors that ignore predictions only check them."""
+        self._checked_observation(indices, probs)
+
+    def _checked_observation(self, indices, probs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``indices`` (int64 on ``self.device``) and detached ``probs``, after the op checks."""
+        if torch.is_tensor(indices) and indices.device != self.device:
+            indices = indices.to(self.device)
+        if torch.is_tensor(probs) and probs.device != self.device:
+            probs = probs.to(self.device)
+        indices = _checks.check_indices(indices, self.num_samples, self.device)
+        q = getattr(self, "num_labels", None)
+        if q is None:
+            q = probs.shape[1] if torch.is_tensor(probs) and probs.dim() == 2 else -1
+        probs = _checks.check_probs(probs, indices.numel(), q, self.device)
+        return indices.long(), probs.detach()
+
+    # ----------------------------------------------------------------- planning
+    def __len__(self) -> int:
+        return sampling.num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def _plan_epoch(self) -> None:
+        generator = sampling.epoch_generator(self.seed, self.epoch, self.rank)
+        log_p = self._selection_log_probs(self.epoch)
+        if log_p is None:
+            order = sampling.plan_uniform(self.num_samples, self.batch_size, self.drop_last, generator)
+            offsets = torch.arange(0, order.numel() + self.batch_size, self.batch_size).clamp_(max=order.numel())
+            offsets = torch.unique_consecutive(offsets)
+        else:
+            rows = sampling.plan_weighted(log_p, self.batch_size, len(self), generator)
+            order = rows.flatten()
+            offsets = torch.arange(rows.shape[0] + 1) * rows.shape[1]
+        self._log_p = None if log_p is None else log_p.detach().to(torch.float32)
+        self._plan, self._offsets, self._cursor = order, offsets, 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self._plan is not None and self._cursor >= self._offsets.numel() - 1:
+            self.epoch += 1  # the previous epoch was used up: this iteration is the next one
+            self._plan = None
+        if self._plan is None:
+            self._plan_epoch()
+        while self._cursor < self._offsets.numel() - 1:
+            k = self._cursor
+            batch = self._plan[self._offsets[k] : self._offsets[k + 1]]
+            self._cursor = k + 1
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch ``epoch`` (``DistributedSampler``-style).
+
+        Calling it with the epoch in progress keeps the unfinished plan (so a resumed run that
+        calls ``set_epoch`` before iterating continues where it stopped).
+        """
+        epoch = _positive_int("epoch", epoch, minimum=0)
+        if epoch == self.epoch and self._plan is not None and self._cursor < self._offsets.numel() - 1:
+            return
+        if epoch == self.epoch and self._plan is None:
+            return
+        self.epoch, self._plan, self._offsets, self._cursor = epoch, None, None, 0
+
+    @property
+    def sample_probabilities(self) -> torch.Tensor:
+        """``(n,)`` P of the current epoch (uniform during warm-up), summing to 1."""
+        if self._log_p is None:
+            return torch.full((self.num_samples,), 1.0 / self.num_samples)
+        return torch.softmax(self._log_p.double(), 0).float()
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: epoch, plan and cursor, and per-sample state."""
+        return {
+            "kind": type(self).__name__,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "cursor": self._cursor,
+            "plan": None if self._plan is None else self._plan.clone(),
+            "offsets": None if self._offsets is None else self._offsets.clone(),
+            "log_p": None if self._log_p is None else self._log_p.cpu().clone(),
+            "state": {k: v.cpu().clone() if torch.is_tensor(v) else v for k, v in self._state().items()},
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore :meth:`state_dict`; checks everything first, so a bad dict changes nothing."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        missing = {"kind", "num_samples", "batch_size", "epoch", "cursor", "plan", "offsets", "log_p", "state"}
+        missing -= state_dict.keys()
+        if missing:
+            raise KeyError(f"state_dict is missing {sorted(missing)}")
+        mine = {"kind": type(self).__name__, "num_samples": self.num_samples, "batch_size": self.batch_size}
+        for key, value in mine.items():
+            if state_dict[key] != value:
+                raise ValueError(f"state_dict[{key!r}] is {state_dict[key]!r}, this selector has {value!r}")
+        plan, offsets = state_dict["plan"], state_dict["offsets"]
+        if (plan is None) != (offsets is None):
+            raise ValueError("state_dict['plan'] and ['offsets'] must both be set or both be None")
+        if plan is not None and not (0 <= state_dict["cursor"] <= offsets.numel() - 1):
+            raise ValueError(f"state_dict['cursor'] {state_dict['cursor']} is outside the plan")
+        log_p = state_dict["log_p"]
+        if log_p is not None and (not torch.is_tensor(log_p) or tuple(log_p.shape) != (self.num_samples,)):
+            raise ValueError(f"state_dict['log_p'] must be None or a ({self.num_samples},) tensor")
+        if not isinstance(state_dict["state"], dict):
+            raise TypeError("state_dict['state'] must be a dict")
+        self._check_state(state_dict["state"])
+        self.epoch, self._cursor = int(state_dict["epoch"]), int(state_dict["cursor"])
+        self._plan, self._offsets = plan, offsets
+        self._log_p = state_dict["log_p"]
+        self._load_state(state_dict["state"])
+
+    # ----------------------------------------------------------------- memory
+    def memory_bytes(self) -> int:
+        """Bytes this selector holds: per-sample state on its device plus the epoch plan on the CPU.
+
+        The plan costs ``8 n`` (order) and ``12 n`` while a selection epoch is planned
+        (float64 CDF and draws), ``log P`` ``4 n``; subclasses add their state.
+        """
+        return self._state_bytes() + 24 * self.num_samples
+
+    def _check_fits(self) -> None:
+        need = self.memory_bytes()
+        free = available_memory_bytes(self.device)
+        if free is not None and need > free:
+            raise MemoryError(
+                f"{type(self).__name__} needs {need / 2**30:.2f} GiB on {self.device} for num_samples="
+                f"{self.num_samples} (see memory_bytes()), but only {free / 2**30:.2f} GiB is free"
+            )
+
+
+class UncertaintyBatchSelector(BatchSelector):
+    """Uncertainty-based batch selection guided by dynamic label correlations (Zhou et al., AAAI 2025).
+
+    Per step, :meth:`observe` writes each sample's prediction into its history ring and
+    refreshes its U row (Eq. 1, 4, 5) and bins. At each epoch ``t >= warmup`` the selector
+    computes the mutual-information row sums ``c = C 1`` over the observed samples (Eq. 6,
+    never the q x q matrix), ``w = U c`` (Eq. 7-8), the min-max normalisation, the quantised
+    exponential P with pressure ``s_t`` (Eq. 9-11), and plans the epoch's batches by
+    successive sampling from P. Epochs before ``warmup`` are uniform shuffles.
+
+    Memory (:meth:`memory_bytes`): ``n (T q h + 5 q + 8)`` bytes on ``device`` for history
+    (``h`` = 2 for float16, 4 for float32), U (float32), bins (uint8) and counts, plus ``24 n``
+    bytes on the CPU for the plan. Construction fails with ``MemoryError`` before allocating
+    if that does not fit.
+
+    Args:
+        num_samples, num_labels: n and q.
+        batch_size, epochs, seed, device, drop_last: see :class:`BatchSelector`.
+        window: T, predictions kept per sample (default 5).
+        lam: λ1 of Eq. 5 (default 0.5).
+        bins: τ, bins per label for the mutual information (default 10).
+        s0: initial selection pressure (default 100).
+        warmup: γ, uniform epochs that fill the history (default 5).
+        history_dtype: ``torch.float16`` (default) or ``torch.float32``.
+        backend: op backend (``ubs_kernels.ops``); default ``UBS_BACKEND`` or ``"auto"``.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        num_labels: int,
+        batch_size: int = 128,
+        epochs: int = 100,
+        window: int = 5,
+        lam: float = 0.5,
+        bins: int = 10,
+        s0: float = 100.0,
+        warmup: int = 5,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+        history_dtype: torch.dtype = torch.float16,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(num_samples, batch_size, epochs, seed, device, drop_last)
+        self.num_labels = _positive_int("num_labels", num_labels)
+        self.window = _positive_int("window", window)
+        self.lam = _checks.check_lam(lam)
+        self.bins = _checks.check_tau(bins)
+        self.s0 = _checks.check_pressure(s0)
+        self.warmup = _positive_int("warmup", warmup, minimum=0)
+        if history_dtype not in _HISTORY_DTYPES:
+            raise TypeError(f"history_dtype must be torch.float16 or torch.float32, got {history_dtype}")
+        self.history_dtype = history_dtype
+        self.backend = backend
+        self._check_fits()
+        n, q, d = self.num_samples, self.num_labels, self.device
+        self.history = torch.zeros((n, self.window, q), dtype=history_dtype, device=d)
+        self.seen = torch.zeros(n, dtype=torch.int64, device=d)
+        self._uncertainty = torch.zeros((n, q), dtype=torch.float32, device=d)
+        self._bins = torch.zeros((n, q), dtype=torch.uint8, device=d)
+
+    def _state_bytes(self) -> int:
+        h = 2 if self.history_dtype == torch.float16 else 4
+        return self.num_samples * (self.window * self.num_labels * h + 5 * self.num_labels + 8)
+
+    def observe(self, indices: torch.Tensor, probs: torch.Tensor) -> None:
+        """Record the predictions ``probs`` ``(b, q)`` of samples ``indices`` ``(b,)`` (after sigmoid).
+
+        Indices and probs may live on any device; they are moved to the selector's. Bad input
+        raises and changes nothing.
+        """
+        if torch.is_tensor(indices) and indices.device != self.device:
+            indices = indices.to(self.device)
+        if torch.is_tensor(probs) and probs.device != self.device:
+            probs = probs.to(self.device)
+        ops.observe(
+            self.history,
+            self.seen,
+            self._uncertainty,
+            self._bins,
+            indices,
+            probs.detach() if torch.is_tensor(probs) else probs,
+            self.lam,
+            self.bins,
+            backend=self.backend,
+        )
+
+    @property
+    def uncertainty(self) -> torch.Tensor:
+        """``(n, q)`` current U (float32); rows of samples never observed are 0."""
+        return self._uncertainty
+
+    def pressure(self, epoch: int) -> float:
+        """``s_t`` of Eq. 11 at ``epoch``."""
+        return ops.selection_pressure(epoch, self.s0, self.warmup, self.epochs)
+
+    def label_correlation_rowsums(self) -> torch.Tensor:
+        """``c = C 1`` (Eq. 6-8) over the samples observed so far, ``(q,)`` float32."""
+        observed = self.seen > 0
+        bins = self._bins[observed] if not bool(observed.all()) else self._bins
+        return ops.label_mi(bins, self.bins, rowsum=True, backend=self.backend)
+
+    def _selection_log_probs(self, epoch: int) -> torch.Tensor | None:
+        if epoch < self.warmup:
+            return None
+        c = self.label_correlation_rowsums()
+        return ops.selection_log_probs(self._uncertainty, c, self.seen, self.pressure(epoch), backend=self.backend)
+
+    def _state(self) -> dict:
+        return {"history": self.history, "seen": self.seen, "uncertainty": self._uncertainty, "bins": self._bins}
+
+    def _check_state(self, state: dict) -> None:
+        mine = self._state()
+        for key, t in mine.items():
+            got = state.get(key)
+            if not torch.is_tensor(got) or got.shape != t.shape or got.dtype != t.dtype:
+                raise ValueError(
+                    f"state_dict['state'][{key!r}] must be a {t.dtype} tensor of shape {tuple(t.shape)}, got "
+                    f"{getattr(got, 'dtype', type(got).__name__)} {tuple(getattr(got, 'shape', ()))}"
+                )
+
+    def _load_state(self, state: dict) -> None:
+        for key, t in self._state().items():
+            t.copy_(state[key])
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Wraps a dataset so each item comes with its index: ``(index, *item)``.
+
+    With ``DataLoader(IndexedDataset(ds), batch_sampler=selector)`` every batch carries the
+    sample ids to pass to ``selector.observe``, also when workers prefetch batches ahead.
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        return (index, *item) if isinstance(item, tuple) else (index, item)
