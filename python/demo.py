@@ -1,25 +1,22 @@
 """End-to-end demo: uncertainty-based batch selection (UBS) while training a multi-label MLP.
 
 Trains a small MLP on a synthetic multi-label dataset (sklearn's
-``make_multilabel_classification``) and drives its mini-batches with the ops of
-``ubs_kernels`` (Zhou et al., AAAI 2025; exact rules in SPEC.md):
+``make_multilabel_classification``) with its mini-batches drawn by
+:class:`ubs_kernels.UncertaintyBatchSelector` (Zhou et al., AAAI 2025; exact rules in SPEC.md):
 
-* every training step, :func:`ubs_kernels.observe` records the batch's sigmoid outputs and
-  refreshes those samples' uncertainty U (Eq. 1, 4, 5) and its bins;
-* before each selection epoch, :func:`ubs_kernels.label_mi` gives the row sums of the
-  label-correlation matrix C (Eq. 6) and :func:`ubs_kernels.selection_log_probs` turns
-  ``U c`` into the sampling distribution P (Eq. 7-10) under the pressure s_t of Eq. 11;
-* the first ``--warmup`` epochs use uniform shuffling (to fill the prediction history), later
-  epochs draw ceil(n/b) batches of b distinct samples each from P.
+* every training step, ``selector.observe(indices, probs)`` records the batch's sigmoid
+  outputs and refreshes those samples' uncertainty U (Eq. 1, 4, 5) and its bins;
+* at each epoch boundary the selector computes the row sums of the label-correlation matrix
+  C (Eq. 6) and the sampling distribution P (Eq. 7-10) under the pressure s_t of Eq. 11, and
+  plans the epoch: uniform shuffles for the first ``--warmup`` epochs, then ceil(n/b)
+  batches of b distinct samples each drawn from P.
 
 Each epoch prints one line: train loss, validation Macro-AUC, s_t, the mean off-diagonal
 mutual information between labels (the "dynamic label correlations" that steered this epoch),
-P_max/P_min of the distribution the batches came from (s_t itself once U c varies, as Q then
-spans 0..n), the fraction of distinct training samples drawn, and the selection overhead: time
-in observe + refresh + drawing as a share of the epoch's selection + training time (validation
-is not counted; label_mi is, even where it only feeds the MI column). ``--selector random``
-shuffles uniformly throughout for comparison; observe and label_mi still run so the same stats
-print.
+P_max/P_min of the distribution the batches came from, the fraction of distinct training
+samples drawn, and the selection overhead: time in observe + epoch planning as a share of
+the epoch's selection + training time (validation is not counted). ``--selector`` also takes
+the paper's comparators (random, balance, active, recent, hard).
 
 Run: ``python python/demo.py`` (defaults take well under a minute on a 2-core CPU).
 """
@@ -45,6 +42,35 @@ LAM = 0.5  # lambda_1 of Eq. 5
 TAU = 10  # bins per label for the mutual information
 
 
+SELECTORS = {
+    "ubs": "UncertaintyBatchSelector",
+    "random": "RandomSelector",
+    "balance": "BalanceSelector",
+    "active": "ActiveBiasSelector",
+    "recent": "RecencyBiasSelector",
+    "hard": "HardImbalanceSelector",
+}
+
+
+def make_selector(args, x_tr, y_tr, device) -> ubs.BatchSelector:
+    """The selector named by ``--selector``, with the paper's settings."""
+    n, q = y_tr.shape
+    common = {"batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed, "device": device}
+    if args.selector == "ubs":
+        return ubs.UncertaintyBatchSelector(
+            n, q, window=WINDOW, lam=LAM, bins=TAU, s0=args.s0, warmup=args.warmup, backend=args.backend, **common
+        )
+    if args.selector == "random":
+        return ubs.RandomSelector(n, **common)
+    if args.selector == "balance":
+        return ubs.BalanceSelector(y_tr.cpu(), **common)
+    if args.selector == "active":
+        return ubs.ActiveBiasSelector(n, q, warmup=args.warmup, **common)
+    if args.selector == "recent":
+        return ubs.RecencyBiasSelector(n, q, window=WINDOW, s0=args.s0, warmup=args.warmup, **common)
+    return ubs.HardImbalanceSelector(y_tr.cpu(), x_tr.cpu(), s0=args.s0, warmup=args.warmup, **common)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=3000)
@@ -59,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--backend", default=os.environ.get("UBS_BACKEND", "auto"), choices=ubs.ops.BACKENDS, help="ubs_kernels backend"
     )
-    p.add_argument("--selector", default="ubs", choices=("ubs", "random"))
+    p.add_argument("--selector", default="ubs", choices=tuple(SELECTORS))
     args = p.parse_args(argv)
     if not 0 <= args.warmup < args.epochs:
         p.error("need 0 <= --warmup < --epochs")
@@ -102,7 +128,6 @@ def main(argv=None) -> None:
     except (RuntimeError, ValueError) as exc:
         raise SystemExit(f"demo.py: {exc}") from None
     torch.manual_seed(args.seed)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
 
     def sync():  # CUDA ops are asynchronous: time them only after they finished
         if device.type == "cuda":
@@ -116,11 +141,7 @@ def main(argv=None) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
-    # Selector state (SPEC.md "State kept per sample").
-    history = torch.zeros(n, WINDOW, q, dtype=torch.float16, device=device)
-    seen = torch.zeros(n, dtype=torch.long, device=device)
-    uncertainty = torch.zeros(n, q, device=device)
-    bins = torch.zeros(n, q, dtype=torch.uint8, device=device)
+    selector = make_selector(args, x_tr, y_tr, device)
 
     tqdm.write(
         f"{args.selector} selector | train {n} x {args.features}, {q} labels, val {len(y_va)} | "
@@ -130,54 +151,46 @@ def main(argv=None) -> None:
     for t in tqdm(range(args.epochs), desc="epochs", unit="epoch", disable=None):
         sync()
         t0 = time.perf_counter()
-        selecting = args.selector == "ubs" and t >= args.warmup
-
-        # Refresh: label correlations of the U observed so far, then P for this epoch (Eq. 6-11).
-        mi, pressure, p_ratio, p_sel = None, None, 1.0, None
-        if t > 0 or selecting:  # with no warm-up, epoch 0 selects from nothing observed: z = 1, uniform
-            observed = seen > 0
-            c = ubs.label_mi(bins[observed], TAU, rowsum=True, backend=args.backend)
-            # c_a = 1 + sum_{b != a} C_ab, so (c - 1) / (q - 1) is label a's mean MI with the others.
-            mi = float(((c - 1) / max(q - 1, 1)).mean())
-        if selecting:
-            pressure = ubs.selection_pressure(t, args.s0, args.warmup, args.epochs)
-            logp = ubs.selection_log_probs(uncertainty, c, seen, pressure, backend=args.backend)
-            p_sel = logp.exp()
-            p_ratio = math.exp(float(logp.max() - logp.min()))
-
-        # Draw the epoch's batches.
-        if p_sel is None:
-            batches = list(torch.randperm(n, device=device, generator=gen).split(b))
-        else:
-            # Successive sampling without replacement within a batch; batches are independent, so
-            # a sample can appear in several batches of one epoch (and some in none).
-            batches = [torch.multinomial(p_sel, b, replacement=False, generator=gen) for _ in range(math.ceil(n / b))]
-        sync()
-        overhead = time.perf_counter() - t0
-        distinct = torch.cat(batches).unique().numel() / n
-
-        # Train, recording every step's predictions.
-        loss_sum = 0.0
-        for idx in batches:
-            logits = model(x_tr[idx])
-            loss = loss_fn(logits, y_tr[idx])
+        batches = iter(selector)  # the first next() refreshes P and plans the epoch
+        overhead, loss_sum, steps, drawn = 0.0, 0.0, 0, []
+        while True:
+            t1 = time.perf_counter()
+            idx = next(batches, None)
+            overhead += time.perf_counter() - t1
+            if idx is None:
+                break
+            idx_dev = idx.to(device)
+            logits = model(x_tr[idx_dev])
+            loss = loss_fn(logits, y_tr[idx_dev])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.item()  # also syncs, so the observe timing below is its own
             t1 = time.perf_counter()
-            ubs.observe(history, seen, uncertainty, bins, idx, logits.detach().sigmoid(), LAM, TAU, args.backend)
+            selector.observe(idx_dev, logits.detach().sigmoid())
             sync()
             overhead += time.perf_counter() - t1
+            steps += 1
+            drawn.append(idx)
         epoch_time = time.perf_counter() - t0
         total_overhead, total_time = total_overhead + overhead, total_time + epoch_time
 
         auc = macro_auc(model, x_va, y_va)
         if auc > best_auc:
             best_auc, best_epoch = auc, t
-        phase = "selection" if selecting else "warm-up" if args.selector == "ubs" else "random"
+        p = selector.sample_probabilities
+        p_ratio = float(p.max() / p.min())
+        selecting = selector._log_p is not None
+        pressure = selector.pressure(t) if selecting and hasattr(selector, "pressure") else None
+        mi = None
+        if isinstance(selector, ubs.UncertaintyBatchSelector) and t > 0:
+            # c_a = 1 + sum_{b != a} C_ab, so (c - 1) / (q - 1) is label a's mean MI with the others.
+            c = selector.label_correlation_rowsums()
+            mi = float(((c - 1) / max(q - 1, 1)).mean())
+        distinct = torch.cat(drawn).unique().numel() / n
+        phase = "selection" if selecting else "uniform"
         tqdm.write(
-            f"epoch {t:3d} {phase:<9s} | loss {loss_sum / len(batches):.4f} | val Macro-AUC {auc:.4f} | "
+            f"epoch {t:3d} {phase:<9s} | loss {loss_sum / steps:.4f} | val Macro-AUC {auc:.4f} | "
             f"s_t {'-' if pressure is None else f'{pressure:.2f}':>6s} | MI {'-' if mi is None else f'{mi:.4f}':>6s} | "
             f"Pmax/Pmin {p_ratio:6.2f} | distinct {distinct:.2f} | overhead {100 * overhead / epoch_time:4.1f}%"
         )

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, WARMUP = 4, 2
 
 
-@pytest.mark.parametrize("selector", ["ubs", "random"])
+@pytest.mark.parametrize("selector", ["ubs", "random", "hard"])
 def test_demo_runs_and_reports_every_epoch(selector):
     cmd = [sys.executable, "python/demo.py", "--epochs", str(EPOCHS), "--warmup", str(WARMUP)]
     cmd += ["--samples", "600", "--labels", "8", "--device", "cpu", "--selector", selector]
@@ -23,7 +23,7 @@ def test_demo_runs_and_reports_every_epoch(selector):
 
     lines = re.findall(r"^epoch +(\d+) +(\S+) .*val Macro-AUC (\S+) .*overhead +(\S+)%$", out, flags=re.MULTILINE)
     assert [int(t) for t, *_ in lines] == list(range(EPOCHS)), out
-    phases = ["warm-up"] * WARMUP + ["selection"] * (EPOCHS - WARMUP) if selector == "ubs" else ["random"] * EPOCHS
+    phases = ["uniform"] * WARMUP + ["selection"] * (EPOCHS - WARMUP) if selector != "random" else ["uniform"] * EPOCHS
     assert [phase for _, phase, *_ in lines] == phases, out
     for _, _, auc, overhead in lines:
         assert 0.0 <= float(auc) <= 1.0
