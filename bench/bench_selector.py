@@ -1,0 +1,150 @@
+"""Benchmark of the selector: epoch planning at scale, and the whole per-epoch overhead.
+
+Two parts, one CSV (``selector.csv``):
+
+* ``plan``: planning one selection epoch (``ceil(n/b)`` batches of ``b`` distinct samples by
+  successive sampling from P) with :func:`ubs_kernels.sampling.plan_weighted`, against what a
+  user would otherwise write: ``torch.multinomial(P, b)`` once per batch. That is O(n) per
+  batch, so it is timed on a few batches and extrapolated to the epoch (the row says so), and
+  it refuses more than 2^24 categories (then only our row exists).
+* ``epoch``: the selector's whole cost for one epoch of a Corel5k-size run (n=5,000, q=374,
+  b=128): ``observe`` for every step, the refresh (MI row sums, P) and the plan, next to one
+  training epoch of the demo MLP (python/demo.py's architecture, 499 input features like
+  Corel5k) on the same machine. The metric ``overhead_share`` is selector / MLP epoch.
+
+    python bench/bench_selector.py --out bench/results [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import harness
+import torch
+
+import ubs_kernels as ubs
+from ubs_kernels import sampling
+
+PLAN_SIZES = [1_000_000, 10_000_000]
+QUICK_PLAN_SIZES = [20_000]
+EPOCH_SIZE = (5000, 374, 499)  # n, q, features (Corel5k)
+QUICK_EPOCH_SIZE = (600, 20, 40)
+
+
+def quantised_log_p(n: int, pressure: float = 100.0, seed: int = 0) -> torch.Tensor:
+    """A log P of the shape Eq. 10 gives: integer levels Q in [0, n], ratio ``pressure``."""
+    g = torch.Generator().manual_seed(seed)
+    q_levels = torch.floor(torch.rand(n, generator=g, dtype=torch.float64) * (n + 1))
+    logits = -math.log(pressure) * q_levels / n
+    return (logits - torch.logsumexp(logits, 0)).float()
+
+
+def bench_plan(n: int, b: int, args, writer: harness.ResultWriter) -> None:
+    log_p = quantised_log_p(n)
+    batches = math.ceil(n / b)
+    key = {"device": "cpu", "n": n, "batch": b, "dtype": "plan"}
+
+    def ours():
+        return sampling.plan_weighted(log_p, b, batches, sampling.epoch_generator(0, 0))
+
+    rows = ours()
+    assert rows.shape == (batches, b) and bool((rows.sort(1).values.diff(1) > 0).all())
+    t = harness.time_call(ours, "cpu", args.min_run_time, args.quick)
+    writer.timing({"provider": "ubs_plan_weighted", **key}, t)
+    writer.metric({"provider": "ubs_plan_weighted", **key}, t, "samples_per_s", n / t.median)
+    print(f"[plan n={n}] ubs_plan_weighted: {harness.fmt_s(t.median)}", flush=True)
+    if n > 1 << 24:
+        print(f"[plan n={n}] torch.multinomial: refuses more than 2^24 categories", flush=True)
+        return
+    p = log_p.exp()
+    g = torch.Generator().manual_seed(0)
+    probe = max(1, min(batches, 20))
+
+    def multinomial():
+        for _ in range(probe):
+            torch.multinomial(p, b, replacement=False, generator=g)
+
+    tm = harness.time_call(multinomial, "cpu", args.min_run_time, args.quick)
+    tm = tm.scaled(batches / probe, f"extrapolated from {probe} of {batches} batches")
+    writer.timing({"provider": "torch_multinomial_per_batch", **key}, tm)
+    writer.metric({"provider": "ubs_plan_weighted", **key}, t, "speedup_vs_torch_multinomial", tm.median / t.median)
+    print(f"[plan n={n}] torch.multinomial per batch: {harness.fmt_s(tm.median)} ({tm.note})", flush=True)
+
+
+def mlp(features: int, q: int) -> torch.nn.Module:
+    """python/demo.py's MLP."""
+    return torch.nn.Sequential(
+        torch.nn.Linear(features, 128), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(128, q)
+    )
+
+
+def bench_epoch(n: int, q: int, d: int, b: int, args, writer: harness.ResultWriter) -> None:
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.rand(n, d, generator=g)
+    y = (torch.rand(n, q, generator=g) < 0.05).float()
+    model = mlp(d, q)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    sel = ubs.UncertaintyBatchSelector(n, q, batch_size=b, epochs=100, warmup=1, seed=args.seed)
+
+    def train_epoch():  # one epoch of the demo MLP on uniform batches: the yardstick
+        for idx in torch.randperm(n, generator=g).split(b):
+            logits = model(x[idx])
+            loss = loss_fn(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    train_epoch()  # records realistic predictions
+    with torch.no_grad():
+        predicted = torch.sigmoid(model(x))
+    for _ in range(2):  # warm-up epoch, then a selection epoch: history filled, P in use
+        for idx in sel:
+            sel.observe(idx, predicted[idx])
+
+    def selector_epoch():  # refresh + plan (on the first batch), then observe every step
+        for idx in sel:
+            sel.observe(idx, predicted[idx])
+
+    t_sel = harness.time_call(selector_epoch, "cpu", args.min_run_time, args.quick)
+    t_mlp = harness.time_call(train_epoch, "cpu", args.min_run_time, args.quick)
+    key = {"device": "cpu", "n": n, "q": q, "tau": 10, "T": 5, "batch": b, "dtype": "float16"}
+    writer.timing({"provider": "ubs_selector_epoch", **key}, t_sel)
+    writer.timing({"provider": "demo_mlp_epoch", **key}, t_mlp)
+    share = t_sel.median / t_mlp.median
+    writer.metric({"provider": "ubs_selector_epoch", **key}, t_sel, "overhead_share", share)
+    print(
+        f"[epoch {n}x{q}] selector {harness.fmt_s(t_sel.median)} vs MLP epoch {harness.fmt_s(t_mlp.median)}: "
+        f"{100 * share:.1f}%",
+        flush=True,
+    )
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench/results", help="output folder (selector.csv is overwritten)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one timed run")
+    p.add_argument("--min-run-time", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    harness.warn_if_busy()
+    if args.quick:
+        args.min_run_time = min(args.min_run_time, 0.05)
+    writer = harness.ResultWriter("selector", "cpu")
+    start = time.perf_counter()
+    for n in QUICK_PLAN_SIZES if args.quick else PLAN_SIZES:
+        bench_plan(n, args.batch_size, args, writer)
+    n, q, d = QUICK_EPOCH_SIZE if args.quick else EPOCH_SIZE
+    bench_epoch(n, q, d, args.batch_size, args, writer)
+    path = writer.write(Path(args.out) / "selector.csv")
+    writer.print_table()
+    print(f"wrote {path} ({len(writer.rows)} rows) in {time.perf_counter() - start:.0f} s")
+    harness.warn_if_busy()
+
+
+if __name__ == "__main__":
+    main()
