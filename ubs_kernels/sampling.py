@@ -65,14 +65,15 @@ def _sorted_uniform_draws(cdf: torch.Tensor, count: int, generator: torch.Genera
     spacings = torch.empty(count + 1, dtype=torch.float64).exponential_(generator=generator)
     points = torch.cumsum(spacings, 0)
     uniforms = points[:-1] * (cdf[-1] / points[-1])
-    draws = torch.searchsorted(cdf, uniforms).clamp_(max=cdf.numel() - 1)
+    # int32 ids (n < 2^31): half the memory traffic in the gather and the per-row sorts.
+    draws = torch.searchsorted(cdf, uniforms, out_int32=True).clamp_(max=cdf.numel() - 1)
     return draws[torch.randperm(count, generator=generator)]
 
 
 def _stream_draws(cdf: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Small top-ups: plain inverse-CDF draws, ``shape`` of them."""
     uniforms = torch.rand(shape, generator=generator, dtype=torch.float64) * cdf[-1]
-    return torch.searchsorted(cdf, uniforms).clamp_(max=cdf.numel() - 1)
+    return torch.searchsorted(cdf, uniforms, out_int32=True).clamp_(max=cdf.numel() - 1)
 
 
 def plan_weighted(log_p: torch.Tensor, batch_size: int, batches: int, generator: torch.Generator) -> torch.Tensor:
@@ -100,12 +101,13 @@ def plan_weighted(log_p: torch.Tensor, batch_size: int, batches: int, generator:
     width = b + min(extra, 8 * b + 64)
     rows = _sorted_uniform_draws(cdf, batches * width, generator).view(batches, width)
     first = _first_occurrences(rows)
-    short = (first.sum(1) < b).nonzero().flatten()
+    enough = first.sum(1) >= b
+    if bool(enough.all()):  # the common case: no row needs its stream continued
+        return rows[first & (first.cumsum(1) <= b)].view(batches, b).long()
+    short = (~enough).nonzero().flatten()
     out = torch.empty((batches, b), dtype=torch.int64)
-    complete = torch.ones(batches, dtype=torch.bool)
-    complete[short] = False
-    keep = first[complete] & (first[complete].cumsum(1) <= b)
-    out[complete] = rows[complete][keep].view(-1, b)
+    keep = first[enough] & (first[enough].cumsum(1) <= b)
+    out[enough] = rows[enough][keep].view(-1, b).long()
     for r in short.tolist():  # rare: a row whose stream needs more than `width` draws
         stream = rows[r : r + 1]
         distinct = stream[_first_occurrences(stream)]
@@ -114,5 +116,5 @@ def plan_weighted(log_p: torch.Tensor, batch_size: int, batches: int, generator:
             stream = torch.cat([distinct, _stream_draws(cdf, (chunk,), generator)]).unsqueeze(0)
             distinct = stream[_first_occurrences(stream)]
             chunk *= 2
-        out[r] = distinct[:b]
+        out[r] = distinct[:b].long()
     return out
