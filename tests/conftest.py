@@ -12,10 +12,18 @@ import ubs_kernels as ubs
 ALL_BACKENDS = ("torch", "cpu", "triton", "cuda")
 
 
+def backend_params(*names: str) -> list:
+    """Backends for ``@pytest.mark.parametrize("backend", ...)``; "triton" carries the
+    ``interpreter`` marker, so ``make test-interpret`` (``-m interpreter``) runs it on the CPU.
+    In the plain run it still skips with a reason unless TRITON_INTERPRET=1 or CUDA is there."""
+    return [pytest.param(b, marks=pytest.mark.interpreter) if b == "triton" else b for b in names or ALL_BACKENDS]
+
+
 def require_backend(op: str, backend: str, device: str = "cpu") -> None:
     available = ubs.available_backends(op, device)
     if backend not in available:
-        pytest.skip(f"backend {backend!r} for {op} on {device} is not in this build (have {available})")
+        why = " (Triton runs on CUDA, or on the CPU under TRITON_INTERPRET=1)" if backend == "triton" else ""
+        pytest.skip(f"backend {backend!r} for {op} on {device} is not in this build (have {available}){why}")
 
 
 def numpy_uncertainty(predictions: list[np.ndarray], T: int, lam: float) -> np.ndarray:

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import require_backend
+from conftest import backend_params, require_backend
 from sklearn.metrics import mutual_info_score
 
 import ubs_kernels as ubs
@@ -63,7 +63,7 @@ def test_reference_equals_sklearn_float64(case):
     np.testing.assert_allclose(rows, sklearn_matrix(bins).sum(1), rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu", "triton", "cuda"])
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("case", list(CASES))
 def test_label_mi_backend_equals_sklearn(backend, case):
     require_backend("label_mi", backend)
