@@ -78,15 +78,15 @@ def check_state(history, seen, uncertainty=None, bins=None):
     return n, q
 
 
-def check_indices(indices, n: int, device: torch.device) -> torch.Tensor:
-    """1-D integer indices, each in ``[0, n)``, no duplicates."""
+def check_indices(indices, n: int, device: torch.device, values: bool = True) -> torch.Tensor:
+    """1-D integer indices, each in ``[0, n)``, no duplicates (the last two only with ``values``)."""
     indices = _tensor("indices", indices)
     if indices.dtype not in _INT_DTYPES[1:]:
         raise TypeError(f"indices must be an integer tensor (int8..int64), got {indices.dtype}")
     if indices.dim() != 1:
         raise ValueError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
     _same_device("indices", indices, device, "history")
-    if indices.numel():
+    if values and indices.numel():
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= n:
             raise IndexError(f"indices must be in [0, {n}), got values in [{lo}, {hi}]")
@@ -95,15 +95,15 @@ def check_indices(indices, n: int, device: torch.device) -> torch.Tensor:
     return indices
 
 
-def check_probs(probs, b: int, q: int, device: torch.device) -> torch.Tensor:
-    """``(b, q)`` floating probabilities, finite and in [0, 1]."""
+def check_probs(probs, b: int, q: int, device: torch.device, values: bool = True) -> torch.Tensor:
+    """``(b, q)`` floating probabilities, finite and in [0, 1] (the values only with ``values``)."""
     probs = _tensor("probs", probs)
     if probs.dtype not in _PROB_DTYPES:
         raise TypeError(f"probs must be a floating tensor (float32/float16/bfloat16/float64), got {probs.dtype}")
     if tuple(probs.shape) != (b, q):
         raise ValueError(f"probs must have shape ({b}, {q}) (len(indices), num_labels), got {tuple(probs.shape)}")
     _same_device("probs", probs, device, "history")
-    if probs.numel():
+    if values and probs.numel():
         bad = ~((probs >= 0) & (probs <= 1))  # NaN compares false, so it is caught here too
         if bool(bad.any()):
             first = bad.nonzero()[0].tolist()

@@ -124,12 +124,16 @@ def observe(
     written then.
     """
     n, q = _checks.check_state(history, seen, uncertainty, bins)
-    indices = _checks.check_indices(indices, n, history.device)
-    probs = _checks.check_probs(probs, indices.numel(), q, history.device).detach()
+    chosen = resolve_backend("observe", history.device, backend)
+    # The native kernels check index range, duplicates and probabilities themselves before
+    # writing (on CUDA on the device, without a sync per check); so does nothing under
+    # torch.compile, which cannot trace data-dependent Python checks.
+    values = chosen in ("torch", "triton") and not torch.compiler.is_compiling()
+    indices = _checks.check_indices(indices, n, history.device, values)
+    probs = _checks.check_probs(probs, indices.numel(), q, history.device, values).detach()
     lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
     if indices.numel() == 0:
         return
-    chosen = resolve_backend("observe", history.device, backend)
     if chosen == "torch":
         with torch.no_grad():
             reference.observe(history, seen, uncertainty, bins, indices, probs, lam, tau)
