@@ -9,6 +9,10 @@ Eq. 6-11) and plans the whole epoch at once (:mod:`ubs_kernels.sampling`).
 Planning depends only on ``(seed, epoch, rank)`` and the selector's state, and the plan of
 the epoch in progress is part of :meth:`state_dict`, so stopping after any step and resuming
 gives exactly the batches of an uninterrupted run.
+
+Under ``torch.distributed`` the selector shards the samples across ranks (sample ``i``
+belongs to rank ``i % world_size``) and refreshes P from global statistics; see
+:mod:`ubs_kernels.distributed`. With one rank it is exactly the single-process selector.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-from . import _checks, ops, sampling
+from . import _checks, distributed, ops, sampling
 
 _HISTORY_DTYPES = (torch.float16, torch.float32)
 
@@ -48,14 +52,29 @@ class BatchSelector(torch.utils.data.Sampler):
     and, if they keep per-sample state, :meth:`observe`, :meth:`_state` / :meth:`_load_state`
     and :meth:`_state_bytes`.
 
+    Distributed: when ``torch.distributed`` is initialised (or ``process_group`` is given)
+    and the class can shard, rank ``r`` of ``W`` owns the samples ``i`` with ``i % W == r``
+    (:attr:`owned_indices`), keeps state for those ``num_local`` samples only (local row ``k``
+    is sample ``owned_indices[k]``), yields and observes global ids, and every rank yields
+    ``ceil(ceil(n/W)/b)`` batches per epoch. Construction is then a collective call (the ranks
+    check that they agree on the arguments). Classes that keep per-sample state must opt in
+    with ``_shardable = True``; those that keep none (:class:`RandomSelector`) shard as they
+    are; the others stay single-process under ``torch.distributed`` with a warning.
+
     Args:
         num_samples: n, the size of the training set.
         batch_size: b.
         epochs: E, the epoch at which selection pressure reaches 1.
-        seed: planning depends only on ``(seed, epoch)``.
+        seed: planning depends only on ``(seed, epoch, rank)``.
         device: where per-sample state lives (the device of the predictions).
         drop_last: ``floor(n/b)`` batches per epoch instead of ``ceil(n/b)``.
+        process_group: ``None`` (default): the default group if ``torch.distributed`` is
+            initialised, else a single process; a ``ProcessGroup``: shard across it; ``False``:
+            a single process even under ``torch.distributed``.
     """
+
+    # Whether the class can shard: None = only if it keeps no per-sample state (see above).
+    _shardable: bool | None = None
 
     def __init__(
         self,
@@ -65,6 +84,7 @@ class BatchSelector(torch.utils.data.Sampler):
         seed: int = 0,
         device: torch.device | str = "cpu",
         drop_last: bool = False,
+        process_group=None,
     ) -> None:
         self.num_samples = _positive_int("num_samples", num_samples)
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -76,16 +96,41 @@ class BatchSelector(torch.utils.data.Sampler):
         self.drop_last = bool(drop_last)
         if self.drop_last and num_samples < batch_size:
             raise ValueError(f"drop_last with num_samples={num_samples} < batch_size={batch_size} leaves no batch")
-        self.rank = 0
+        self._shard = distributed.resolve(process_group, num_samples, self._can_shard(), type(self).__name__)
+        self.rank, self.world_size = self._shard.rank, self._shard.world_size
+        self.num_local = self._shard.num_local
+        if self.drop_last and num_samples // self.world_size < batch_size:
+            raise ValueError(
+                f"drop_last with num_samples={num_samples} over world_size={self.world_size} ranks leaves a rank "
+                f"fewer than batch_size={batch_size} samples, so no full batch"
+            )
+        distributed.agree(
+            self._shard,
+            {"kind": type(self).__name__, "num_samples": num_samples, "batch_size": batch_size, "epochs": epochs}
+            | {"seed": seed, "drop_last": self.drop_last},
+            f"the arguments of {type(self).__name__}",
+        )
         self.epoch = 0
         self._plan: torch.Tensor | None = None  # flat sample order of the current epoch
         self._offsets: torch.Tensor | None = None  # (batches + 1,) start of each batch in _plan
         self._cursor = 0  # batches of the current plan already handed out
-        self._log_p: torch.Tensor | None = None  # (n,) log P of the current epoch; None = uniform
+        self._log_p: torch.Tensor | None = None  # (num_local,) log P of the current epoch; None = uniform
+
+    @classmethod
+    def _can_shard(cls) -> bool:
+        if cls._shardable is not None:
+            return cls._shardable
+        hooks = ("_plan_epoch", "_selection_log_probs", "observe", "_state")
+        return all(getattr(cls, h) is getattr(BatchSelector, h) for h in hooks)
+
+    @property
+    def owned_indices(self) -> torch.Tensor:
+        """Global ids of the samples this rank owns (all ``n`` in a single process); row k of the state is sample k."""
+        return self._shard.owned()
 
     # ----------------------------------------------------------------- subclass hooks
     def _selection_log_probs(self, epoch: int) -> torch.Tensor | None:
-        """``(n,)`` log P for ``epoch``, or None for a uniform shuffle."""
+        """``(num_local,)`` log P for ``epoch`` (``(n,)`` in a single process), or None for a uniform shuffle."""
         return None
 
     def _state(self) -> dict:
@@ -105,12 +150,12 @@ class BatchSelector(torch.utils.data.Sampler):
         self._checked_observation(indices, probs)
 
     def _checked_observation(self, indices, probs) -> tuple[torch.Tensor, torch.Tensor]:
-        """``indices`` (int64 on ``self.device``) and detached ``probs``, after the op checks."""
+        """Local rows ``indices`` (int64 on ``self.device``) and detached ``probs``, after the op checks."""
         if torch.is_tensor(indices) and indices.device != self.device:
             indices = indices.to(self.device)
         if torch.is_tensor(probs) and probs.device != self.device:
             probs = probs.to(self.device)
-        indices = _checks.check_indices(indices, self.num_samples, self.device)
+        indices = _checks.check_indices(self._shard.to_local(indices), self.num_local, self.device)
         q = getattr(self, "num_labels", None)
         if q is None:
             q = probs.shape[1] if torch.is_tensor(probs) and probs.dim() == 2 else -1
@@ -119,19 +164,26 @@ class BatchSelector(torch.utils.data.Sampler):
 
     # ----------------------------------------------------------------- planning
     def __len__(self) -> int:
-        return sampling.num_batches(self.num_samples, self.batch_size, self.drop_last)
+        """Batches per epoch: ``ceil(n/b)`` (floor with ``drop_last``); sharded, ``n`` is the largest shard."""
+        return sampling.num_batches(self._shard.largest, self.batch_size, self.drop_last)
 
     def _plan_epoch(self) -> None:
         generator = sampling.epoch_generator(self.seed, self.epoch, self.rank)
         log_p = self._selection_log_probs(self.epoch)
+        shard = self._shard
         if log_p is None:
-            order = sampling.plan_uniform(self.num_samples, self.batch_size, self.drop_last, generator)
+            if shard.sharded:
+                order = sampling.plan_uniform(self.num_local, self.batch_size, False, generator)
+                order = shard.pad_uniform(order, len(self), self.batch_size, self.drop_last)
+            else:
+                order = sampling.plan_uniform(self.num_samples, self.batch_size, self.drop_last, generator)
             offsets = torch.arange(0, order.numel() + self.batch_size, self.batch_size).clamp_(max=order.numel())
             offsets = torch.unique_consecutive(offsets)
         else:
             rows = sampling.plan_weighted(log_p, self.batch_size, len(self), generator)
             order = rows.flatten()
             offsets = torch.arange(rows.shape[0] + 1) * rows.shape[1]
+        order = shard.to_global(order)
         self._log_p = None if log_p is None else log_p.detach().to(torch.float32)
         self._plan, self._offsets, self._cursor = order, offsets, 0
 
@@ -162,17 +214,28 @@ class BatchSelector(torch.utils.data.Sampler):
 
     @property
     def sample_probabilities(self) -> torch.Tensor:
-        """``(n,)`` P of the current epoch (uniform during warm-up), summing to 1."""
+        """``(n,)`` P of the current epoch (uniform during warm-up), summing to 1.
+
+        Sharded: ``(num_local,)``, the global P of this rank's samples (summing to 1 over all
+        ranks); the rank draws its batches from P restricted to its samples.
+        """
         if self._log_p is None:
-            return torch.full((self.num_samples,), 1.0 / self.num_samples)
+            return torch.full((self.num_local,), 1.0 / self.num_samples)
+        if self._shard.sharded:
+            return torch.exp(self._log_p.double()).float()
         return torch.softmax(self._log_p.double(), 0).float()
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: epoch, plan and cursor, and per-sample state."""
+        """Everything needed to continue exactly: epoch, plan and cursor, and per-sample state.
+
+        Sharded, each rank saves and loads its own (``rank`` and ``world_size`` are checked).
+        """
         return {
             "kind": type(self).__name__,
             "num_samples": self.num_samples,
+            "rank": self.rank,
+            "world_size": self.world_size,
             "batch_size": self.batch_size,
             "seed": self.seed,
             "epoch": self.epoch,
@@ -192,17 +255,19 @@ class BatchSelector(torch.utils.data.Sampler):
         if missing:
             raise KeyError(f"state_dict is missing {sorted(missing)}")
         mine = {"kind": type(self).__name__, "num_samples": self.num_samples, "batch_size": self.batch_size}
+        mine |= {"rank": self.rank, "world_size": self.world_size}
         for key, value in mine.items():
-            if state_dict[key] != value:
-                raise ValueError(f"state_dict[{key!r}] is {state_dict[key]!r}, this selector has {value!r}")
+            got = state_dict.get(key, 1 if key == "world_size" else 0)  # dicts without rank: one process
+            if got != value:
+                raise ValueError(f"state_dict[{key!r}] is {got!r}, this selector has {value!r}")
         plan, offsets = state_dict["plan"], state_dict["offsets"]
         if (plan is None) != (offsets is None):
             raise ValueError("state_dict['plan'] and ['offsets'] must both be set or both be None")
         if plan is not None and not (0 <= state_dict["cursor"] <= offsets.numel() - 1):
             raise ValueError(f"state_dict['cursor'] {state_dict['cursor']} is outside the plan")
         log_p = state_dict["log_p"]
-        if log_p is not None and (not torch.is_tensor(log_p) or tuple(log_p.shape) != (self.num_samples,)):
-            raise ValueError(f"state_dict['log_p'] must be None or a ({self.num_samples},) tensor")
+        if log_p is not None and (not torch.is_tensor(log_p) or tuple(log_p.shape) != (self.num_local,)):
+            raise ValueError(f"state_dict['log_p'] must be None or a ({self.num_local},) tensor")
         if not isinstance(state_dict["state"], dict):
             raise TypeError("state_dict['state'] must be a dict")
         self._check_state(state_dict["state"])
@@ -218,7 +283,7 @@ class BatchSelector(torch.utils.data.Sampler):
         The plan costs ``8 n`` (order) and ``12 n`` while a selection epoch is planned
         (float64 CDF and draws), ``log P`` ``4 n``; subclasses add their state.
         """
-        return self._state_bytes() + 24 * self.num_samples
+        return self._state_bytes() + 24 * self.num_local
 
     def _check_fits(self) -> None:
         need = self.memory_bytes()
@@ -243,7 +308,13 @@ class UncertaintyBatchSelector(BatchSelector):
     Memory (:meth:`memory_bytes`): ``n (T q h + 5 q + 8)`` bytes on ``device`` for history
     (``h`` = 2 for float16, 4 for float32), U (float32), bins (uint8) and counts, plus ``24 n``
     bytes on the CPU for the plan. Construction fails with ``MemoryError`` before allocating
-    if that does not fit.
+    if that does not fit. Sharded, ``n`` is ``num_local``.
+
+    Under ``torch.distributed`` (see :class:`BatchSelector` and :mod:`ubs_kernels.distributed`)
+    the epoch refresh is global: ``c`` over the observed samples of all ranks (exact, or the
+    documented approximation beyond ``distributed_mi_limit`` bytes), the min and max of ``w``
+    and the normalisation of P over all ranks. :attr:`uncertainty`, :attr:`seen` and
+    :attr:`sample_probabilities` then hold this rank's samples (:attr:`owned_indices`).
 
     Args:
         num_samples, num_labels: n and q.
@@ -255,7 +326,14 @@ class UncertaintyBatchSelector(BatchSelector):
         warmup: γ, uniform epochs that fill the history (default 5).
         history_dtype: ``torch.float16`` (default) or ``torch.float32``.
         backend: op backend (``ubs_kernels.ops``); default ``UBS_BACKEND`` or ``"auto"``.
+        process_group: see :class:`BatchSelector`.
+        distributed_mi: how ranks combine Eq. 6: ``"auto"`` (default), ``"gather"``,
+            ``"counts"`` or ``"approximate"`` (:mod:`ubs_kernels.distributed`).
+        distributed_mi_limit: ``"auto"`` is exact while an exact route exchanges at most this
+            many bytes per epoch (default 256 MiB), approximate beyond.
     """
+
+    _shardable = True
 
     def __init__(
         self,
@@ -273,8 +351,11 @@ class UncertaintyBatchSelector(BatchSelector):
         drop_last: bool = False,
         history_dtype: torch.dtype = torch.float16,
         backend: str | None = None,
+        process_group=None,
+        distributed_mi: str = "auto",
+        distributed_mi_limit: int = distributed.DEFAULT_MI_LIMIT,
     ) -> None:
-        super().__init__(num_samples, batch_size, epochs, seed, device, drop_last)
+        super().__init__(num_samples, batch_size, epochs, seed, device, drop_last, process_group)
         self.num_labels = _positive_int("num_labels", num_labels)
         self.window = _positive_int("window", window)
         self.lam = _checks.check_lam(lam)
@@ -285,8 +366,13 @@ class UncertaintyBatchSelector(BatchSelector):
             raise TypeError(f"history_dtype must be torch.float16 or torch.float32, got {history_dtype}")
         self.history_dtype = history_dtype
         self.backend = backend
+        limit = _positive_int("distributed_mi_limit", distributed_mi_limit, minimum=0)
+        self.mi_route = distributed.choose_mi_route(distributed_mi, self._shard, self.num_labels, self.bins, limit)
+        config = {"num_labels": num_labels, "window": window, "lam": self.lam, "bins": self.bins, "s0": self.s0}
+        config |= {"warmup": warmup, "mi_route": self.mi_route}
+        distributed.agree(self._shard, config, "the arguments of UncertaintyBatchSelector")
         self._check_fits()
-        n, q, d = self.num_samples, self.num_labels, self.device
+        n, q, d = self.num_local, self.num_labels, self.device
         self.history = torch.zeros((n, self.window, q), dtype=history_dtype, device=d)
         self.seen = torch.zeros(n, dtype=torch.int64, device=d)
         self._uncertainty = torch.zeros((n, q), dtype=torch.float32, device=d)
@@ -294,13 +380,13 @@ class UncertaintyBatchSelector(BatchSelector):
 
     def _state_bytes(self) -> int:
         h = 2 if self.history_dtype == torch.float16 else 4
-        return self.num_samples * (self.window * self.num_labels * h + 5 * self.num_labels + 8)
+        return self.num_local * (self.window * self.num_labels * h + 5 * self.num_labels + 8)
 
     def observe(self, indices: torch.Tensor, probs: torch.Tensor) -> None:
         """Record the predictions ``probs`` ``(b, q)`` of samples ``indices`` ``(b,)`` (after sigmoid).
 
         Indices and probs may live on any device; they are moved to the selector's. Bad input
-        raises and changes nothing.
+        raises and changes nothing. Sharded, ``indices`` are global ids this rank owns.
         """
         if torch.is_tensor(indices) and indices.device != self.device:
             indices = indices.to(self.device)
@@ -311,7 +397,7 @@ class UncertaintyBatchSelector(BatchSelector):
             self.seen,
             self._uncertainty,
             self._bins,
-            indices,
+            self._shard.to_local(indices),
             probs.detach() if torch.is_tensor(probs) else probs,
             self.lam,
             self.bins,
@@ -320,22 +406,33 @@ class UncertaintyBatchSelector(BatchSelector):
 
     @property
     def uncertainty(self) -> torch.Tensor:
-        """``(n, q)`` current U (float32); rows of samples never observed are 0."""
+        """``(n, q)`` current U (float32), ``(num_local, q)`` sharded; rows of samples never observed are 0."""
         return self._uncertainty
 
     def pressure(self, epoch: int) -> float:
         """``s_t`` of Eq. 11 at ``epoch``."""
         return ops.selection_pressure(epoch, self.s0, self.warmup, self.epochs)
 
-    def label_correlation_rowsums(self) -> torch.Tensor:
-        """``c = C 1`` (Eq. 6-8) over the samples observed so far, ``(q,)`` float32."""
+    def label_correlation_rowsums(self, route: str | None = None) -> torch.Tensor:
+        """``c = C 1`` (Eq. 6-8) over the samples observed so far, ``(q,)`` float32.
+
+        Sharded, over the observed samples of all ranks, by :attr:`mi_route` (or ``route``):
+        a collective call that every rank must make.
+        """
         observed = self.seen > 0
+        if self._shard.sharded:
+            route = self.mi_route if route is None else route
+            return distributed.label_mi_rowsums(self._shard, self._bins, observed, self.bins, route, self.backend)
         bins = self._bins[observed] if not bool(observed.all()) else self._bins
         return ops.label_mi(bins, self.bins, rowsum=True, backend=self.backend)
 
     def _selection_log_probs(self, epoch: int) -> torch.Tensor | None:
         if epoch < self.warmup:
             return None
+        if self._shard.sharded:
+            distributed.agree(self._shard, {"epoch": epoch}, "the epoch being planned")
+            c = self.label_correlation_rowsums()
+            return distributed.selection_log_probs(self._shard, self._uncertainty, c, self.seen, self.pressure(epoch))
         c = self.label_correlation_rowsums()
         return ops.selection_log_probs(self._uncertainty, c, self.seen, self.pressure(epoch), backend=self.backend)
 
