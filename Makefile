@@ -40,6 +40,9 @@ test-gpu: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_observe.py --out bench/results
 	$(PY) bench/bench_label_mi.py --out bench/results
+	$(PY) bench/bench_uncertainty.py --out bench/results
+	$(PY) bench/bench_selection_log_probs.py --out bench/results
+	$(PY) bench/bench_selector.py --out bench/results
 	$(PY) bench/plot.py bench/results
 
 checkstyle: $(STAMP)

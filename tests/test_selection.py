@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import require_backend
+from conftest import backend_params, require_backend
 
 import ubs_kernels as ubs
 
@@ -39,7 +39,7 @@ def _inputs(n=300, q=9, seed=0, unobserved=20):
     return u, C, seen
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu", "triton", "cuda"])
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("s", [1.0, 2.0, 100.0])
 def test_log_probs_match_numpy(backend, s):
     require_backend("selection_log_probs", backend)

@@ -4,138 +4,34 @@
 // the n samples and a joint count is popcount(A_k & B_l). Only tau-1 bins per label are
 // stored: the counts of the last bin follow from the marginals. Per pair the MI is
 //   MI = (1/N) sum_kl c_kl ln c_kl + ln N - (1/N) sum_k a_k ln a_k - (1/N) sum_l b_l ln b_l,
-// with the per-label sums precomputed. The AND+popcount loop has an AVX-512 VPOPCNTDQ path, a
-// POPCNT path and a portable one, chosen at run time.
+// with the per-label sums precomputed. The AND+popcount kernels (AVX-512 VPOPCNTDQ, POPCNT,
+// portable; chosen at run time) are in label_mi_tiles.h.
+//
+// Cache blocking: labels go in blocks whose bitsets fit in L2, and all pairs of two blocks
+// are done together, so a block is read from memory once per block pair, not once per pair
+// (at q = 1000 the bitsets are 23 MB).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <string>
+#include <utility>
 #include <vector>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define UBS_X86 1
-#endif
+#include "huge_pages.h"
+#include "label_mi_tiles.h"
 
 namespace ubs_kernels::cpu {
 namespace {
 
-constexpr int64_t kLanes = 8;  // words per AVX-512 vector; rows are padded to a multiple
+using label_mi_tiles::kLanes;
+using label_mi_tiles::Plan;
+using label_mi_tiles::Tile;
 
-// counts[k * K + l] = popcount(A_k & B_l) for k, l < K; A and B are K rows of W words.
-// Inlined into each wrapper below, so each compiles it for its own instruction set.
-__attribute__((always_inline)) inline void pair_counts_scalar(const uint64_t* A, const uint64_t* B,
-                                                              int64_t W, int64_t K,
-                                                              int64_t* counts) {
-  for (int64_t k = 0; k < K; ++k) {
-    const uint64_t* a = A + k * W;
-    for (int64_t l = 0; l < K; ++l) {
-      const uint64_t* b = B + l * W;
-      int64_t c = 0;
-      for (int64_t w = 0; w < W; ++w) c += __builtin_popcountll(a[w] & b[w]);
-      counts[k * K + l] = c;
-    }
-  }
-}
-
-// Any CPU: the compiler's generic popcount.
-void pair_counts_portable(const uint64_t* A, const uint64_t* B, int64_t W, int64_t K,
-                          int64_t* counts) {
-  pair_counts_scalar(A, B, W, K, counts);
-}
-
-#ifdef UBS_X86
-// x86-64 with the POPCNT instruction (nearly all since 2008, but not guaranteed by the ABI).
-__attribute__((target("popcnt"))) void pair_counts_popcnt(const uint64_t* A, const uint64_t* B,
-                                                          int64_t W, int64_t K, int64_t* counts) {
-  pair_counts_scalar(A, B, W, K, counts);
-}
-#endif
-
-#ifdef UBS_X86
-// NL accumulators, a compile-time count, so they stay in registers.
-template <int NL>
-__attribute__((target("avx512f,avx512vpopcntdq"), always_inline)) inline void popcount_block(
-    const uint64_t* a, const uint64_t* B, int64_t W, int64_t* out) {
-  __m512i acc[NL];
-  for (int j = 0; j < NL; ++j) acc[j] = _mm512_setzero_si512();
-  for (int64_t w = 0; w < W; w += kLanes) {
-    const __m512i va = _mm512_loadu_si512(a + w);
-    for (int j = 0; j < NL; ++j) {
-      const __m512i vb = _mm512_loadu_si512(B + j * W + w);
-      acc[j] = _mm512_add_epi64(acc[j], _mm512_popcnt_epi64(_mm512_and_si512(va, vb)));
-    }
-  }
-  for (int j = 0; j < NL; ++j) out[j] = _mm512_reduce_add_epi64(acc[j]);
-}
-
-__attribute__((target("avx512f,avx512vpopcntdq"))) void pair_counts_avx512(const uint64_t* A,
-                                                                           const uint64_t* B,
-                                                                           int64_t W, int64_t K,
-                                                                           int64_t* counts) {
-  for (int64_t k = 0; k < K; ++k) {
-    const uint64_t* a = A + k * W;
-    // Split the K columns into near-equal chunks of at most 8 (9 -> 5 + 4, not 8 + 1).
-    const int64_t chunks = (K + 7) / 8;
-    for (int64_t c = 0, l0 = 0; c < chunks; ++c) {
-      const int64_t nl = (K - l0) / (chunks - c) + ((K - l0) % (chunks - c) != 0);
-      int64_t* out = counts + k * K + l0;
-      const uint64_t* b = B + l0 * W;
-      switch (nl) {
-        case 1:
-          popcount_block<1>(a, b, W, out);
-          break;
-        case 2:
-          popcount_block<2>(a, b, W, out);
-          break;
-        case 3:
-          popcount_block<3>(a, b, W, out);
-          break;
-        case 4:
-          popcount_block<4>(a, b, W, out);
-          break;
-        case 5:
-          popcount_block<5>(a, b, W, out);
-          break;
-        case 6:
-          popcount_block<6>(a, b, W, out);
-          break;
-        case 7:
-          popcount_block<7>(a, b, W, out);
-          break;
-        default:
-          popcount_block<8>(a, b, W, out);
-          break;
-      }
-      l0 += nl;
-    }
-  }
-}
-#endif
-
-using PairCounts = void (*)(const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t*);
-
-// The fastest path this CPU runs; UBS_CPU_ISA=avx512|popcnt|portable caps the choice (tests
-// use it to run every path on one machine).
-PairCounts choose_pair_counts() {
-  const char* env = std::getenv("UBS_CPU_ISA");
-  const std::string cap = env != nullptr ? env : "auto";
-  TORCH_CHECK_VALUE(cap == "auto" || cap == "avx512" || cap == "popcnt" || cap == "portable",
-                    "UBS_CPU_ISA must be auto, avx512, popcnt or portable, got ", cap);
-#ifdef UBS_X86
-  if ((cap == "auto" || cap == "avx512") && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512vpopcntdq")) {
-    return pair_counts_avx512;
-  }
-  if (cap != "portable" && __builtin_cpu_supports("popcnt")) return pair_counts_popcnt;
-#endif
-  return pair_counts_portable;
-}
+constexpr int64_t kBlockBytes = 384 << 10;  // bitsets of one label block: stays in L2
+constexpr int64_t kMaxChunks = 64;          // work units, and row-sum partials (fixed order)
 
 inline double xlogx(int64_t c) {
   return c > 0 ? static_cast<double>(c) * std::log(static_cast<double>(c)) : 0.0;
@@ -167,40 +63,51 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
   const int64_t n = bins.size(0), q = bins.size(1), K = tau - 1;
   const int64_t W = (n + 63) / 64, Wp = (W + kLanes - 1) / kLanes * kLanes;
   const uint8_t* bp = bins.data_ptr<uint8_t>();
+  const Plan plan = label_mi_tiles::choose_plan(K);
 
-  // Bitsets bits[(a * K + k) * Wp + w] (bin tau-1 is not stored) and marginals hist[a * tau + k].
-  std::vector<uint64_t> bits(static_cast<size_t>(q * K * Wp), 0);
-  std::vector<int64_t> hist(static_cast<size_t>(q * tau), 0);
-  std::vector<uint8_t> bad(static_cast<size_t>(W), 0);
-  at::parallel_for(0, W, 1, [&](int64_t w0, int64_t w1) {
+  // Range check first: a max over the bytes, which the compiler vectorises.
+  std::atomic<int> top{0};
+  at::parallel_for(0, n * q, 1 << 16, [&](int64_t i0, int64_t i1) {
+    uint8_t m = 0;
+    for (int64_t i = i0; i < i1; ++i) m = std::max(m, bp[i]);
+    for (int seen = top.load(); m > seen && !top.compare_exchange_weak(seen, m);) {
+    }
+  });
+  TORCH_CHECK_VALUE(top.load() < tau, "bins must be in [0, tau=", tau, ")");
+
+  // Bitsets bits[(a * K + k) * Wp + w] (bin tau-1 is not stored), every word written once
+  // (no zeroing pass): per word w and block of labels, the 64 samples' bits are set in a
+  // small buffer (tau words per label, so no branch on the last bin) that stays in L1.
+  // at::empty: 64-byte aligned, and Wp is a multiple of 8 words, so every row is aligned.
+  at::Tensor storage = at::empty({q * K * Wp}, bins.options().dtype(at::kLong));
+  auto* bits = reinterpret_cast<uint64_t*>(storage.data_ptr<int64_t>());
+  advise_huge_pages(bits, storage.nbytes());
+  const int64_t label_block = std::max<int64_t>(1, 2048 / tau);
+  at::parallel_for(0, Wp, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<uint64_t> word(static_cast<size_t>(label_block * tau));
     for (int64_t w = w0; w < w1; ++w) {
-      const int64_t i1 = std::min(n, (w + 1) * 64);
-      for (int64_t i = w * 64; i < i1; ++i) {
-        const uint8_t* row = bp + i * q;
-        const uint64_t bit = uint64_t{1} << (i - w * 64);
-        for (int64_t a = 0; a < q; ++a) {
-          const int64_t k = row[a];
-          if (k >= tau) {
-            bad[w] = 1;
-          } else if (k < K) {
-            bits[(a * K + k) * Wp + w] |= bit;
-          }
+      for (int64_t a0 = 0; a0 < q; a0 += label_block) {
+        const int64_t m = std::min(label_block, q - a0);
+        std::fill(word.begin(), word.end(), 0);
+        for (int64_t i = w * 64; i < std::min(n, (w + 1) * 64); ++i) {
+          const uint8_t* row = bp + i * q + a0;
+          const uint64_t bit = uint64_t{1} << (i - w * 64);
+          for (int64_t a = 0; a < m; ++a) word[a * tau + row[a]] |= bit;
+        }
+        for (int64_t a = 0; a < m; ++a) {
+          for (int64_t k = 0; k < K; ++k) bits[((a0 + a) * K + k) * Wp + w] = word[a * tau + k];
         }
       }
     }
   });
-  for (int64_t w = 0; w < W; ++w) {
-    TORCH_CHECK_VALUE(!bad[w], "bins must be in [0, tau=", tau, ")");
-  }
-  at::parallel_for(0, q, 1, [&](int64_t a0, int64_t a1) {
+  // Marginals hist[a * tau + k].
+  std::vector<int64_t> hist(static_cast<size_t>(q * tau), 0);
+  at::parallel_for(0, q, 16, [&](int64_t a0, int64_t a1) {
     for (int64_t a = a0; a < a1; ++a) {
       int64_t rest = n;
       for (int64_t k = 0; k < K; ++k) {
-        int64_t c = 0;
-        const uint64_t* row = &bits[(a * K + k) * Wp];
-        for (int64_t w = 0; w < Wp; ++w) c += __builtin_popcountll(row[w]);
-        hist[a * tau + k] = c;
-        rest -= c;
+        hist[a * tau + k] = plan.count(&bits[(a * K + k) * Wp], Wp);
+        rest -= hist[a * tau + k];
       }
       hist[a * tau + K] = rest;
     }
@@ -210,58 +117,85 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
     for (int64_t k = 0; k < tau; ++k) marginal_xlogx[a] += xlogx(hist[a * tau + k]);
   }
 
+  // Label blocks whose bitsets fit kBlockBytes (at least 8 blocks, so there is work to
+  // share), and block pairs I <= J in order, with the number of label pairs before each.
+  const int64_t lb =
+      std::clamp<int64_t>(kBlockBytes / std::max<int64_t>(1, K * Wp * 8), 1, (q + 7) / 8);
+  const int64_t nb = (q + lb - 1) / lb;
+  std::vector<std::pair<int64_t, int64_t>> block_pairs;
+  std::vector<int64_t> before{0};
+  for (int64_t I = 0; I < nb; ++I) {
+    for (int64_t J = I; J < nb; ++J) {
+      const int64_t mi = std::min(q, I * lb + lb) - I * lb, mj = std::min(q, J * lb + lb) - J * lb;
+      block_pairs.emplace_back(I, J);
+      before.push_back(before.back() + (I == J ? mi * (mi - 1) / 2 : mi * mj));
+    }
+  }
+  // Chunks of block pairs with near-equal label-pair counts: a fixed number, whatever the
+  // threads, so the row sums (one partial per chunk, added in chunk order) are reproducible.
+  const int64_t pairs = q * (q - 1) / 2;
+  const int64_t chunks = std::min<int64_t>(kMaxChunks, static_cast<int64_t>(block_pairs.size()));
+  std::vector<int64_t> chunk_begin(chunks + 1, static_cast<int64_t>(block_pairs.size()));
+  for (int64_t t = static_cast<int64_t>(block_pairs.size()) - 1; t >= 0; --t) {
+    const int64_t c = pairs > 0 ? before[t] * chunks / pairs : 0;
+    for (int64_t k = 0; k <= c; ++k) chunk_begin[k] = std::min(chunk_begin[k], t);
+  }
+  chunk_begin[0] = 0;
+
   auto out = rowsum ? at::empty({q}, bins.options().dtype(at::kFloat))
                     : at::empty({q, q}, bins.options().dtype(at::kFloat));
   float* op = out.data_ptr<float>();
   const double N = static_cast<double>(n), lnN = n > 0 ? std::log(N) : 0.0;
-  const PairCounts pair_counts = choose_pair_counts();
   const XLogX xlx(n);
-  const int64_t pairs = q * (q - 1) / 2;
-  // Pairs (a < b) in row-major order, cut into equal chunks so the triangle's rows balance.
-  // Row sums: one partial per chunk, added in chunk order, so results do not depend on which
-  // thread finishes first.
-  // At most one chunk per pair: every chunk is non-empty, and q = 1 (no pairs) runs none.
-  const int64_t chunks = std::min<int64_t>(pairs, 4 * at::get_num_threads());
   std::vector<double> partial(rowsum ? chunks * q : 0, 0.0);
 
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<int64_t> c(static_cast<size_t>(tau * tau));
-    for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      const int64_t p0 = pairs * chunk / chunks, p1 = pairs * (chunk + 1) / chunks;
-      double* local = rowsum ? &partial[chunk * q] : nullptr;
-      int64_t a = 0, first = 0;  // first pair index of row a
-      while (first + (q - 1 - a) <= p0) first += q - 1 - a++;
-      int64_t b = a + 1 + (p0 - first);
-      for (int64_t p = p0; p < p1; ++p) {
-        pair_counts(&bits[a * K * Wp], &bits[b * K * Wp], Wp, K, c.data());
-        // Expand the K x K block to tau x tau with the marginals (last row and column).
-        double joint = 0.0;
-        int64_t corner = n;
-        for (int64_t k = 0; k < K; ++k) {
-          int64_t row_rest = hist[a * tau + k];
-          for (int64_t l = 0; l < K; ++l) {
-            joint += xlx(c[k * K + l]);
-            row_rest -= c[k * K + l];
-          }
-          joint += xlx(row_rest);
-          corner -= hist[a * tau + k];
-        }
+    std::vector<int64_t> c(static_cast<size_t>(K * K));
+    auto pair_mi = [&](int64_t a, int64_t b) {
+      const uint64_t *A = bits + a * K * Wp, *B = bits + b * K * Wp;
+      for (const Tile& t : plan.tiles)
+        t.fn(A + t.row * Wp, B + t.col * Wp, Wp, K, &c[t.row * K + t.col]);
+      // Expand the K x K block to tau x tau with the marginals (last row and column). One
+      // partial sum per row, so the adds are short independent chains, not one of tau^2.
+      double joint = 0.0, last_col = 0.0;
+      int64_t corner = n;
+      for (int64_t k = 0; k < K; ++k) {
+        int64_t row_rest = hist[a * tau + k];
+        double row = 0.0;
         for (int64_t l = 0; l < K; ++l) {
-          int64_t col_rest = hist[b * tau + l];
-          for (int64_t k = 0; k < K; ++k) col_rest -= c[k * K + l];
-          joint += xlx(col_rest);
-          corner -= col_rest;
+          row += xlx(c[k * K + l]);
+          row_rest -= c[k * K + l];
         }
-        joint += xlx(corner);
-        double mi = n > 0 ? (joint - marginal_xlogx[a] - marginal_xlogx[b]) / N + lnN : 0.0;
-        mi = mi > 0.0 ? mi : 0.0;  // rounding can leave a true zero slightly negative
-        if (rowsum) {
-          local[a] += mi;
-          local[b] += mi;
-        } else {
-          op[a * q + b] = op[b * q + a] = static_cast<float>(mi);
+        joint += row;
+        last_col += xlx(row_rest);
+        corner -= hist[a * tau + k];
+      }
+      double last_row = 0.0;
+      for (int64_t l = 0; l < K; ++l) {
+        int64_t col_rest = hist[b * tau + l];
+        for (int64_t k = 0; k < K; ++k) col_rest -= c[k * K + l];
+        last_row += xlx(col_rest);
+        corner -= col_rest;
+      }
+      joint += last_col + last_row + xlx(corner);
+      const double mi = n > 0 ? (joint - marginal_xlogx[a] - marginal_xlogx[b]) / N + lnN : 0.0;
+      return mi > 0.0 ? mi : 0.0;  // rounding can leave a true zero slightly negative
+    };
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      double* local = rowsum ? &partial[chunk * q] : nullptr;
+      for (int64_t t = chunk_begin[chunk]; t < chunk_begin[chunk + 1]; ++t) {
+        const auto [I, J] = block_pairs[t];
+        for (int64_t a = I * lb; a < std::min(q, I * lb + lb); ++a) {
+          for (int64_t b = std::max(J * lb, a + 1); b < std::min(q, J * lb + lb); ++b) {
+            const double mi = pair_mi(a, b);
+            if (rowsum) {
+              local[a] += mi;
+              local[b] += mi;
+            } else {
+              op[a * q + b] = op[b * q + a] = static_cast<float>(mi);
+            }
+          }
         }
-        if (++b == q) b = ++a + 1;
       }
     }
   });

@@ -1,12 +1,16 @@
 // CPU kernel of ubs_kernels::observe: one training step (SPEC.md Eq. 1, 4, 5 and the bin).
 //
 // All arguments are checked before anything is written, so a bad call leaves the state as it
-// was. Rows of the batch are independent (indices are distinct) and processed in parallel.
+// was. Rows of the batch are independent (indices are distinct) and processed in parallel;
+// each row's ring write and U are vectorised (uncertainty_row.h, shared with the whole-matrix
+// pass).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <type_traits>
 #include <vector>
 
 #include "uncertainty_row.h"
@@ -65,12 +69,23 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
   TORCH_CHECK_VALUE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
                     "indices must not contain duplicates within one call");
 
-  // Probabilities: finite and in [0, 1] (NaN fails both comparisons).
+  // Probabilities: finite and in [0, 1] (NaN fails both comparisons). A branch-free pass per
+  // row that the compiler vectorises; the offending value is looked up only on failure.
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, probs.scalar_type(), "observe_check", [&] {
+        using V = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
         const at::Tensor p = probs.contiguous();
         const scalar_t* ptr = p.data_ptr<scalar_t>();
-        for (int64_t i = 0; i < b * q; ++i) {
+        std::atomic<bool> bad{false};
+        at::parallel_for(0, b, std::max<int64_t>(1, 16384 / q), [&](int64_t r0, int64_t r1) {
+          int out = 0;
+          for (int64_t i = r0 * q; i < r1 * q; ++i) {
+            const V v = static_cast<V>(ptr[i]);
+            out |= static_cast<int>(!(v >= V(0))) | static_cast<int>(!(v <= V(1)));
+          }
+          if (out) bad = true;
+        });
+        for (int64_t i = 0; bad && i < b * q; ++i) {
           const double v = static_cast<double>(ptr[i]);
           TORCH_CHECK_VALUE(v >= 0.0 && v <= 1.0,
                             "probs must be finite and in [0, 1] (after sigmoid); probs[", i / q,
@@ -81,7 +96,7 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
 
 template <typename H, typename P>
 void observe_impl(at::Tensor& history, at::Tensor& seen, at::Tensor& u, at::Tensor& bins,
-                  const at::Tensor& indices, const at::Tensor& probs, float lam, int64_t tau) {
+                  const at::Tensor& indices, const at::Tensor& probs, double lam, int64_t tau) {
   const int64_t T = history.size(1), q = history.size(2), b = indices.size(0);
   H* hist = history.data_ptr<H>();
   int64_t* cnt = seen.data_ptr<int64_t>();
@@ -89,19 +104,30 @@ void observe_impl(at::Tensor& history, at::Tensor& seen, at::Tensor& u, at::Tens
   uint8_t* bb = bins.data_ptr<uint8_t>();
   const int64_t* idx = indices.data_ptr<int64_t>();
   const P* pp = probs.data_ptr<P>();
+  const RowKernels<H> kernels = row_kernels<H>();
+  const RowParams params = make_row_params(lam, tau);
   // Grain: enough rows that each task touches a few thousand values.
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, q * T));
   at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(q);
+    // Probabilities that are not float32 go through float32 first (as the reference's
+    // probs.to(history.dtype) does for float64 -> float16 too: c10::Half rounds from float).
+    std::vector<float> converted(std::is_same_v<P, float> ? 0 : q);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = idx[r];
       H* ring = hist + i * T * q;
-      H* slot = ring + (cnt[i] % T) * q;
-      const P* src = pp + r * q;
-      for (int64_t j = 0; j < q; ++j) slot[j] = static_cast<H>(static_cast<float>(src[j]));
+      const float* src;
+      if constexpr (std::is_same_v<P, float>) {
+        src = pp + r * q;
+      } else {
+        for (int64_t j = 0; j < q; ++j) converted[j] = static_cast<float>(pp[r * q + j]);
+        src = converted.data();
+      }
+      kernels.store(src, ring + (cnt[i] % T) * q, q);
       const int64_t count = ++cnt[i];
-      uncertainty_row(ring, T, q, count, lam, tau, acc.data(), uu + i * q, bb + i * q);
+      const H* next = r + 1 < end ? hist + idx[r + 1] * T * q : nullptr;
+      kernels.row(ring, T, q, count, params, uu + i * q, bb + i * q, next);
     }
+    kernels.fence();
   });
 }
 
@@ -114,11 +140,9 @@ void observe_cpu(at::Tensor history, at::Tensor seen, at::Tensor uncertainty, at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "observe_cpu", [&] {
     using P = scalar_t;
     if (history.scalar_type() == at::kHalf) {
-      observe_impl<at::Half, P>(history, seen, uncertainty, bins, idx, p, static_cast<float>(lam),
-                                tau);
+      observe_impl<at::Half, P>(history, seen, uncertainty, bins, idx, p, lam, tau);
     } else {
-      observe_impl<float, P>(history, seen, uncertainty, bins, idx, p, static_cast<float>(lam),
-                             tau);
+      observe_impl<float, P>(history, seen, uncertainty, bins, idx, p, lam, tau);
     }
   });
 }
