@@ -24,7 +24,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 TITLES = {
     "label_mi": "label_mi (Eq. 6): all label-pair MI per epoch",
     "observe": "observe (Eq. 1, 4, 5): one training step",
+    "uncertainty": "uncertainty (Eq. 1, 4, 5): all n rows from the history",
+    "selection_log_probs": "selection_log_probs (Eq. 7-10): log P of every sample",
+    "selector": "selector: epoch planning (n) and a whole epoch's overhead (n×q)",
 }
+
+
+def size(row: dict[str, str]) -> tuple[int, int]:
+    """``(n, q)``; q is 0 for rows without a label count (epoch planning)."""
+    return int(row["n"] or 0), int(row["q"] or 0)
 
 
 def read_rows(folder: Path) -> list[dict[str, str]]:
@@ -47,7 +55,7 @@ def series_name(row: dict[str, str], dtypes: set[str]) -> str:
 
 
 def plot_op(op: str, rows: list[dict[str, str]], out: Path) -> Path:
-    sizes = sorted({(int(r["n"]), int(r["q"])) for r in rows}, key=lambda s: (s[0] * s[1], s))
+    sizes = sorted({size(r) for r in rows}, key=lambda s: (s[0] * max(s[1], 1), s))
     xpos = {s: i for i, s in enumerate(sizes)}
     dtypes = {r.get("dtype", "") for r in rows}
     series: dict[str, list[dict[str, str]]] = defaultdict(list)
@@ -55,8 +63,8 @@ def plot_op(op: str, rows: list[dict[str, str]], out: Path) -> Path:
         series[series_name(r, dtypes)].append(r)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(sizes) + 3), 5))
     for ci, name in enumerate(sorted(series)):
-        pts = sorted(series[name], key=lambda r: xpos[(int(r["n"]), int(r["q"]))])
-        x = [xpos[(int(r["n"]), int(r["q"]))] for r in pts]
+        pts = sorted(series[name], key=lambda r: xpos[size(r)])
+        x = [xpos[size(r)] for r in pts]
         y = [float(r["median_s"]) for r in pts]
         lo = [yi - float(r["p20_s"]) for yi, r in zip(y, pts, strict=True)]
         hi = [float(r["p80_s"]) - yi for yi, r in zip(y, pts, strict=True)]
@@ -74,7 +82,7 @@ def plot_op(op: str, rows: list[dict[str, str]], out: Path) -> Path:
                 label="hollow / dashed: extrapolated")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xticks(range(len(sizes)))
-    ax.set_xticklabels([f"{n}×{q}" for n, q in sizes])
+    ax.set_xticklabels([f"{n}×{q}" if q else f"{n}" for n, q in sizes])
     ax.set_xlabel("problem size n×q (samples × labels)")
     unit = "per step" if op == "observe" else "per call"
     ax.set_ylabel(f"median time {unit} [s] (bars: p20-p80)")
