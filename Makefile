@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.13.0
 NATIVE_SOURCES := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: install demo test test-interpret test-gpu bench checkstyle format clean clean-all
+.PHONY: install demo test test-interpret test-gpu bench reproduce checkstyle format clean clean-all
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): $(NATIVE_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
 	$(PY) -m pip install "setuptools>=64" wheel "cmake>=3.18" ninja
-	$(PY) -m pip install --no-build-isolation -e ".[test,bench,dev,lightning]"
+	$(PY) -m pip install --no-build-isolation -e ".[test,bench,dev,lightning,repro]"
 	$(PY) -c "import ubs_kernels as u; print(u.build_info())"
 	touch $@
 
@@ -44,6 +44,10 @@ bench: $(STAMP)
 	$(PY) bench/bench_selection_log_probs.py --out bench/results
 	$(PY) bench/bench_selector.py --out bench/results
 	$(PY) bench/plot.py bench/results
+
+# The paper's experiment on the small MULAN datasets (python/results/README.md has every command).
+reproduce: $(STAMP)
+	$(PY) python/reproduce.py --datasets emotions scene yeast --folds 5 --epochs 100 --out python/results
 
 checkstyle: $(STAMP)
 	$(VENV)/bin/ruff check .
