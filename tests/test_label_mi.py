@@ -154,3 +154,24 @@ def test_joint_histograms_counts_exact():
     for i, j in itertools.product(range(5), repeat=2):
         expected = np.bincount(b[:, i] * 10 + b[:, j], minlength=100).reshape(10, 10)
         np.testing.assert_array_equal(counts[i, j].numpy(), expected)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_labels_using_few_scattered_bins(backend, seed):
+    """Each label occupies 1-4 of tau=16 bins, at random positions, its most populated bin
+    anywhere (the CPU kernel renames occupied bins and derives the most populated one)."""
+    require_backend("label_mi", backend)
+    rng = np.random.default_rng(seed)
+    n, q, tau = 300, 9, 16
+    cols = []
+    for _ in range(q):
+        used = rng.choice(tau, size=rng.integers(1, 5), replace=False)
+        weights = rng.dirichlet(np.ones(len(used)) * 0.5)
+        cols.append(rng.choice(used, size=n, p=weights))
+    bins = np.stack(cols, axis=1)
+    got = ubs.label_mi(torch.as_tensor(bins, dtype=torch.uint8), tau, backend=backend).double().numpy()
+    want = sklearn_matrix(torch.as_tensor(bins))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    rows = ubs.label_mi(torch.as_tensor(bins, dtype=torch.uint8), tau, rowsum=True, backend=backend)
+    np.testing.assert_allclose(rows.double().numpy(), want.sum(1), rtol=1e-5, atol=1e-5)
