@@ -18,6 +18,7 @@ Ops (equation numbers of Zhou et al., AAAI 2025):
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -45,6 +46,14 @@ def _default_backend() -> str:
 def available_backends(op: str, device: torch.device | str) -> list[str]:
     """The backends that can run ``op`` on ``device`` in this build, fastest first."""
     device = torch.device(device)
+    # What is registered does not change while the process runs, except whether Triton may
+    # run on the CPU (TRITON_INTERPRET): cache on that, since observe asks at every step.
+    return list(_available_backends(op, device.type, os.environ.get("TRITON_INTERPRET")))
+
+
+@functools.lru_cache(maxsize=64)
+def _available_backends(op: str, device_type: str, interpret: str | None) -> tuple[str, ...]:
+    device = torch.device(device_type)
     found = []
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
     native = key is not None and op in _NATIVE_NAMES and native_ops.has_kernel(_NATIVE_NAMES[op], key)
@@ -55,7 +64,7 @@ def available_backends(op: str, device: torch.device | str) -> list[str]:
     if triton:
         found.insert(0 if device.type == "cuda" and op in _TRITON_FIRST_ON_CUDA else len(found), "triton")
     found.append("torch")
-    return found
+    return tuple(found)
 
 
 # Ops for which the Triton kernel beats the CUDA C++ one on the H200 (bench/RESULTS.md).
