@@ -40,6 +40,7 @@ def results(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     _run("bench_observe.py", "--quick", "--out", str(out))
     _run("bench_label_mi.py", "--quick", "--out", str(out))
+    _run("bench_selector.py", "--quick", "--out", str(out))
     return out
 
 
@@ -81,8 +82,17 @@ def test_observe_csv(results: Path) -> None:
     assert {r["dtype"] for r in rows if r["provider"] in ubs_names} == {"float16", "float32"}
 
 
+def test_selector_csv(results: Path) -> None:
+    rows = _rows(results / "selector.csv")
+    _check_providers(
+        rows, "selector", {"ubs_plan_weighted", "torch_multinomial_per_batch", "ubs_selector_epoch", "demo_mlp_epoch"}
+    )
+    metrics = {r["metric"] for r in rows}
+    assert {"speedup_vs_torch_multinomial", "overhead_share"} <= metrics
+
+
 def test_plot(results: Path) -> None:
     _run("plot.py", str(results))
-    for op in ("label_mi", "observe"):
+    for op in ("label_mi", "observe", "selector"):
         png = results / f"{op}.png"
         assert png.is_file() and png.stat().st_size > 1000, f"{png.name} was not written"
