@@ -116,16 +116,6 @@ class _ScoredSelector(BatchSelector):
             return None
         return _scored_log_probs(self.score(), self.seen, self.pressure(epoch))
 
-    def _check_state(self, state: dict) -> None:
-        for key, t in self._state().items():
-            got = state.get(key)
-            if not torch.is_tensor(got) or got.shape != t.shape or got.dtype != t.dtype:
-                raise ValueError(f"state_dict['state'][{key!r}] must be a {t.dtype} tensor of shape {tuple(t.shape)}")
-
-    def _load_state(self, state: dict) -> None:
-        for key, t in self._state().items():
-            t.copy_(state[key])
-
 
 class ActiveBiasSelector(_ScoredSelector):
     """Active Bias (Chang, Learned-Miller and McCallum, NeurIPS 2017), summed over labels.

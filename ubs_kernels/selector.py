@@ -134,13 +134,21 @@ class BatchSelector(torch.utils.data.Sampler):
         return None
 
     def _state(self) -> dict:
+        """The per-sample state tensors, by name (checkpointed; restored in place)."""
         return {}
 
-    def _load_state(self, state: dict) -> None:
-        pass
-
     def _check_state(self, state: dict) -> None:
-        pass
+        for key, t in self._state().items():
+            got = state.get(key)
+            if not torch.is_tensor(got) or got.shape != t.shape or got.dtype != t.dtype:
+                raise ValueError(
+                    f"state_dict['state'][{key!r}] must be a {t.dtype} tensor of shape {tuple(t.shape)}, got "
+                    f"{getattr(got, 'dtype', type(got).__name__)} {tuple(getattr(got, 'shape', ()))}"
+                )
+
+    def _load_state(self, state: dict) -> None:
+        for key, t in self._state().items():
+            t.copy_(state[key])
 
     def _state_bytes(self) -> int:
         return 0
@@ -438,20 +446,6 @@ class UncertaintyBatchSelector(BatchSelector):
 
     def _state(self) -> dict:
         return {"history": self.history, "seen": self.seen, "uncertainty": self._uncertainty, "bins": self._bins}
-
-    def _check_state(self, state: dict) -> None:
-        mine = self._state()
-        for key, t in mine.items():
-            got = state.get(key)
-            if not torch.is_tensor(got) or got.shape != t.shape or got.dtype != t.dtype:
-                raise ValueError(
-                    f"state_dict['state'][{key!r}] must be a {t.dtype} tensor of shape {tuple(t.shape)}, got "
-                    f"{getattr(got, 'dtype', type(got).__name__)} {tuple(getattr(got, 'shape', ()))}"
-                )
-
-    def _load_state(self, state: dict) -> None:
-        for key, t in self._state().items():
-            t.copy_(state[key])
 
 
 class IndexedDataset(torch.utils.data.Dataset):
