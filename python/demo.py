@@ -180,7 +180,7 @@ def main(argv=None) -> None:
             best_auc, best_epoch = auc, t
         p = selector.sample_probabilities
         p_ratio = float(p.max() / p.min())
-        selecting = selector._log_p is not None
+        selecting = selector.selecting
         pressure = selector.pressure(t) if selecting and hasattr(selector, "pressure") else None
         mi = None
         if isinstance(selector, ubs.UncertaintyBatchSelector) and t > 0:

@@ -125,7 +125,6 @@ def test_hard_imbalance_chain_batches_follow_label_correlations():
     y = torch.rand(n, q, generator=g) < 0.3
     y[:, 0] = base
     y[:, 1] = base ^ (torch.rand(n, generator=g) < 0.02)  # label 1 follows label 0
-    y[:, 0] |= False
     probs = torch.full((n, q), 0.5)
 
     def share(chain):

@@ -63,7 +63,7 @@ def test_callback_observes_every_step_and_epochs_advance():
     for epoch in range(2):  # warm-up epochs are permutations
         drawn = torch.cat([idx for e, idx in model.steps if e == epoch])
         assert sorted(drawn.tolist()) == list(range(N))
-    assert selector.epoch == 4 and selector._log_p is not None  # the last epoch selected by P
+    assert selector.epoch == 4 and selector.selecting  # the last epoch selected by P
 
 
 def test_selector_state_round_trips_through_a_lightning_checkpoint(tmp_path):

@@ -18,5 +18,5 @@ def test_readme_training_loop_runs():
     scope = {"x": torch.rand(300, 8, generator=g), "y": (torch.rand(300, 4, generator=g) < 0.3).float()}
     exec(compile(code.replace("range(100)", "range(7)"), str(README), "exec"), scope)  # noqa: S102
     selector = scope["selector"]
-    assert selector.epoch == 6 and selector._log_p is not None  # selection epochs after the 5 warm-up ones
+    assert selector.epoch == 6 and selector.selecting  # selection epochs after the 5 warm-up ones
     assert int(selector.seen.sum()) == 5 * 300 + 2 * len(selector) * 128

@@ -37,8 +37,5 @@ class _NativeOps:
         except RuntimeError:  # no schema of that name in this build
             return False
 
-    def call(self, name: str, *args):
-        return getattr(torch.ops.ubs_kernels, name)(*args)
-
 
 native_ops = _NativeOps()

@@ -340,7 +340,7 @@ class HardImbalanceSelector(_ScoredSelector):
         b = min(self.batch_size, self.num_samples)
         rows = []
         for _ in range(len(self)):
-            seed_sample = int(torch.multinomial(torch.softmax(log_p, 0), 1, generator=g))
+            seed_sample = int(sampling.plan_weighted(log_p, 1, 1, g)[0, 0])  # no 2^24-category limit
             related = torch.topk(self._label_corr[rarest[seed_sample]], min(self.chain_labels, self.num_labels)).indices
             boost = labels[:, related].any(1).double() * self.chain_boost
             gumbel = -torch.log(-torch.log(torch.rand(self.num_samples, generator=g, dtype=torch.float64)))

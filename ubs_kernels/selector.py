@@ -221,6 +221,11 @@ class BatchSelector(torch.utils.data.Sampler):
         self.epoch, self._plan, self._offsets, self._cursor = epoch, None, None, 0
 
     @property
+    def selecting(self) -> bool:
+        """Whether the current epoch's batches are drawn from P (False: a uniform shuffle)."""
+        return self._log_p is not None
+
+    @property
     def sample_probabilities(self) -> torch.Tensor:
         """``(n,)`` P of the current epoch (uniform during warm-up), summing to 1.
 
