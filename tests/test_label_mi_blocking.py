@@ -42,3 +42,38 @@ def test_row_sums_do_not_depend_on_threads(n, q, tau):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, ubs.label_mi(bins, tau, rowsum=True, backend="cpu"))
+
+
+def _bins_using(occupancy: list[int], n: int, tau: int, seed: int) -> torch.Tensor:
+    """Label j occupies exactly occupancy[j] of tau bins (random positions, uneven weights)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, max(occupancy), n)
+    cols = []
+    for m in occupancy:
+        used = rng.choice(tau, size=m, replace=False)
+        own = rng.choice(m, size=n, p=rng.dirichlet(np.ones(m)))
+        cols.append(used[np.where(rng.random(n) < 0.4, base % m, own)])  # correlated through base
+    return torch.as_tensor(np.stack(cols, axis=1), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("occupancy", ["2", "3", "4", "5", "7", "mixed"])
+def test_few_bins_tiles_span_label_pairs(monkeypatch, occupancy):
+    """A label occupying m bins keeps m - 1 bitsets; labels with equal counts are neighbours,
+    and one register tile covers several pairs when their bitsets fit it (AVX-512: 3 x 8 rows;
+    POPCNT/portable: 2 x 4), or several tiles cover one pair. q = 61 gives 8 label blocks (one
+    partial), so groups are cut at block ends, on the diagonal and, in "mixed" (1 to 7 bins per
+    label, constant labels too), where the bin count changes. Every path equals sklearn, and the
+    row sums are the same bits on every path (pairs are visited in the same order)."""
+    require_backend("label_mi", "cpu")
+    rng = np.random.default_rng(len(occupancy))
+    m = rng.integers(1, 8, 61).tolist() if occupancy == "mixed" else [int(occupancy)] * 61
+    bins = _bins_using(m, 777, 10, seed=len(m) + m[0])
+    expected = sklearn_matrix(bins)
+    sums = {}
+    for isa in ("avx512", "popcnt", "portable"):
+        monkeypatch.setenv("UBS_CPU_ISA", isa)
+        got = ubs.label_mi(bins, 10, backend="cpu").double().numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=isa)
+        sums[isa] = ubs.label_mi(bins, 10, rowsum=True, backend="cpu")
+        np.testing.assert_allclose(sums[isa].double().numpy(), expected.sum(1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(sums["avx512"], sums["popcnt"]) and torch.equal(sums["popcnt"], sums["portable"])

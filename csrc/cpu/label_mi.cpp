@@ -20,14 +20,14 @@
 #include <vector>
 
 #include "huge_pages.h"
+#include "label_mi_prep.h"
 #include "label_mi_tiles.h"
 
 namespace ubs_kernels::cpu {
 namespace {
 
 using label_mi_tiles::kLanes;
-using label_mi_tiles::Plan;
-using label_mi_tiles::Tile;
+using label_mi_tiles::Tiles;
 
 constexpr int64_t kBlockBytes = 384 << 10;  // bitsets of one label block: stays in L2
 constexpr int64_t kMaxChunks = 64;          // work units, and row-sum partials (fixed order)
@@ -67,14 +67,21 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
   // a block of 64 labels per task.
   const int64_t slots = tau + 1;
   std::vector<int64_t> counts(static_cast<size_t>(q * slots), 0);
+#ifdef UBS_PREP_X86
+  const bool simd = label_mi_prep::avx512bw();
+#else
+  const bool simd = false;
+#endif
   at::parallel_for(0, (q + 63) / 64, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t a0 = b0 * 64; a0 < std::min(q, b1 * 64); a0 += 64) {
       const int64_t m = std::min<int64_t>(64, q - a0);
-      int64_t* h = &counts[a0 * slots];
-      for (int64_t i = 0; i < n; ++i) {
-        const uint8_t* row = bp + i * q + a0;
-        for (int64_t a = 0; a < m; ++a) ++h[a * slots + std::min<int64_t>(row[a], tau)];
+#ifdef UBS_PREP_X86
+      if (simd && tau <= label_mi_prep::kMaxSimdTau) {
+        label_mi_prep::bin_counts_avx512(bp, n, q, a0, m, tau, &counts[a0 * slots]);
+        continue;
       }
+#endif
+      label_mi_prep::bin_counts_portable(bp, n, q, a0, m, tau, &counts[a0 * slots]);
     }
   });
   for (int64_t a = 0; a < q; ++a) {
@@ -82,73 +89,110 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
   }
 
   // MI does not change when a label's bins are renamed or its empty bins dropped, and U is
-  // usually concentrated in a few bins (the demo's Corel5k-size run uses at most 2 of 10 per
-  // label). So each label's occupied bins are renamed 0, 1, ..., its most populated bin gets
-  // the last name (the derived one, never stored), and the kernel runs with te = the largest
-  // occupancy (at least 2) instead of tau: (te-1)^2 bitset ANDs per label pair, not (tau-1)^2.
+  // usually concentrated in a few bins (the demo's Corel5k-size run uses 2-4 of 10 per label).
+  // So each label's occupied bins are renamed 0, 1, ..., its most populated bin gets the last
+  // name Ka (the derived one, never stored), and label a keeps Ka = occupancy - 1 bitsets (one
+  // empty bitset for a constant label): a pair costs Ka * Kb bitset ANDs, not (tau - 1)^2.
+  // te = the largest occupancy (at least 2) sizes the per-label scratch.
+  std::vector<int64_t> Ka(static_cast<size_t>(q));
   int64_t te = 2;
-  for (int64_t a = 0; a < q; ++a) {
-    te = std::max<int64_t>(te, std::count_if(&counts[a * slots], &counts[a * slots] + tau,
-                                             [](int64_t c) { return c > 0; }));
-  }
   std::vector<uint8_t> rename(static_cast<size_t>(q * tau), 0);
+  std::vector<uint8_t> orig(static_cast<size_t>(q * tau), 0);  // name -> bin
   for (int64_t a = 0; a < q; ++a) {
     const int64_t* h = &counts[a * slots];
+    const int64_t occupied = std::count_if(h, h + tau, [](int64_t c) { return c > 0; });
+    Ka[a] = std::max<int64_t>(occupied - 1, 1);
+    te = std::max(te, occupied);
     const int64_t top = std::max_element(h, h + tau) - h;
     int64_t next = 0;
     for (int64_t v = 0; v < tau; ++v) {
-      if (h[v] > 0 && v != top) rename[a * tau + v] = static_cast<uint8_t>(next++);
-    }
-    rename[a * tau + top] = static_cast<uint8_t>(te - 1);
-  }
-  const int64_t K = te - 1;
-  const Plan plan = label_mi_tiles::choose_plan(K);
-
-  // Bitsets bits[(a * K + k) * Wp + w] of the renamed bins (name te-1 is not stored), every word
-  // written once (no zeroing pass): per word w and block of labels, the 64 samples' bits are set in
-  // a small buffer (te words per label, so no branch on the last bin) that stays in L1. at::empty:
-  // 64-byte aligned, and Wp is a multiple of 8 words, so every row is aligned.
-  at::Tensor storage = at::empty({q * K * Wp}, bins.options().dtype(at::kLong));
-  auto* bits = reinterpret_cast<uint64_t*>(storage.data_ptr<int64_t>());
-  advise_huge_pages(bits, storage.nbytes());
-  const int64_t label_block = std::max<int64_t>(1, 2048 / te);
-  at::parallel_for(0, Wp, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<uint64_t> word(static_cast<size_t>(label_block * te));
-    for (int64_t w = w0; w < w1; ++w) {
-      for (int64_t a0 = 0; a0 < q; a0 += label_block) {
-        const int64_t m = std::min(label_block, q - a0);
-        std::fill(word.begin(), word.end(), 0);
-        for (int64_t i = w * 64; i < std::min(n, (w + 1) * 64); ++i) {
-          const uint8_t* row = bp + i * q + a0;
-          const uint64_t bit = uint64_t{1} << (i - w * 64);
-          const uint8_t* name = rename.data() + a0 * tau;
-          for (int64_t a = 0; a < m; ++a) word[a * te + name[a * tau + row[a]]] |= bit;
-        }
-        for (int64_t a = 0; a < m; ++a) {
-          for (int64_t k = 0; k < K; ++k) bits[((a0 + a) * K + k) * Wp + w] = word[a * te + k];
-        }
+      if (h[v] > 0 && v != top) {
+        orig[a * tau + next] = static_cast<uint8_t>(v);
+        rename[a * tau + v] = static_cast<uint8_t>(next++);
       }
     }
-  });
-  // Marginals hist[a * te + k].
+    rename[a * tau + top] = static_cast<uint8_t>(Ka[a]);
+  }
+  // Labels stored in order of decreasing Ka (stable): labels with equal Ka are neighbours, so
+  // one register tile can span several pairs. Position p holds label perm[p], whose bitsets
+  // are rows off[p] .. off[p] + Ka - 1.
+  std::vector<int64_t> perm(static_cast<size_t>(q)), pos(static_cast<size_t>(q));
+  std::vector<int64_t> off(static_cast<size_t>(q + 1), 0);
+  for (int64_t a = 0; a < q; ++a) perm[a] = a;
+  std::stable_sort(perm.begin(), perm.end(), [&](int64_t x, int64_t y) { return Ka[x] > Ka[y]; });
+  for (int64_t p = 0; p < q; ++p) {
+    pos[perm[p]] = p;
+    off[p + 1] = off[p] + Ka[perm[p]];
+  }
+  const int64_t K = Ka[perm[0]];  // the most bitsets of any label
+  const Tiles tiles = label_mi_tiles::choose_tiles();
+
+  // Bitsets bits[(off[pos[a]] + k) * Wp + w] of the renamed bins, every word written once (no
+  // zeroing pass). AVX-512BW: compares and a bit transpose (label_mi_prep.h). Portable: per
+  // word w and block of labels, the 64 samples' bits are set in a small buffer (te words per
+  // label, so no branch on the derived bin) that stays in L1. at::empty: 64-byte aligned, and
+  // Wp is a multiple of 8 words, so every row is aligned.
+  at::Tensor storage = at::empty({off[q] * Wp}, bins.options().dtype(at::kLong));
+  auto* bits = reinterpret_cast<uint64_t*>(storage.data_ptr<int64_t>());
+  advise_huge_pages(bits, storage.nbytes());
+  if (simd) {
+#ifdef UBS_PREP_X86
+    at::parallel_for(0, Wp, 1, [&](int64_t w0, int64_t w1) {
+      for (int64_t w = w0; w < w1; ++w) {
+        for (int64_t a0 = 0; a0 < q; a0 += 64) {
+          const int64_t m = std::min<int64_t>(64, q - a0);
+          label_mi_prep::bitset_words_avx512(
+              bp, n, q, w, a0, m, tau, orig.data(), *std::max_element(&Ka[a0], &Ka[a0] + m),
+              [&](int64_t a) { return Ka[a]; },
+              [&](int64_t a, int64_t k, uint64_t word) {
+                bits[(off[pos[a]] + k) * Wp + w] = word;
+              });
+        }
+      }
+    });
+#endif
+  } else {
+    const int64_t label_block = std::max<int64_t>(1, 2048 / te);
+    at::parallel_for(0, Wp, 1, [&](int64_t w0, int64_t w1) {
+      std::vector<uint64_t> word(static_cast<size_t>(label_block * te));
+      for (int64_t w = w0; w < w1; ++w) {
+        for (int64_t a0 = 0; a0 < q; a0 += label_block) {
+          const int64_t m = std::min(label_block, q - a0);
+          std::fill(word.begin(), word.end(), 0);
+          for (int64_t i = w * 64; i < std::min(n, (w + 1) * 64); ++i) {
+            const uint8_t* row = bp + i * q + a0;
+            const uint64_t bit = uint64_t{1} << (i - w * 64);
+            const uint8_t* name = rename.data() + a0 * tau;
+            for (int64_t a = 0; a < m; ++a) word[a * te + name[a * tau + row[a]]] |= bit;
+          }
+          for (int64_t a = 0; a < m; ++a) {
+            uint64_t* dst = bits + off[pos[a0 + a]] * Wp + w;
+            for (int64_t k = 0; k < Ka[a0 + a]; ++k) dst[k * Wp] = word[a * te + k];
+          }
+        }
+      }
+    });
+  }
+  // Marginals hist[a * te + k], k <= Ka (the last one derived).
   std::vector<int64_t> hist(static_cast<size_t>(q * te), 0);
   at::parallel_for(0, q, 16, [&](int64_t a0, int64_t a1) {
     for (int64_t a = a0; a < a1; ++a) {
       int64_t rest = n;
-      for (int64_t k = 0; k < K; ++k) {
-        hist[a * te + k] = plan.count(&bits[(a * K + k) * Wp], Wp);
+      for (int64_t k = 0; k < Ka[a]; ++k) {
+        hist[a * te + k] = tiles.count(bits + (off[pos[a]] + k) * Wp, Wp);
         rest -= hist[a * te + k];
       }
-      hist[a * te + K] = rest;
+      hist[a * te + Ka[a]] = rest;
     }
   });
   std::vector<double> marginal_xlogx(static_cast<size_t>(q), 0.0);
   for (int64_t a = 0; a < q; ++a) {
-    for (int64_t k = 0; k < te; ++k) marginal_xlogx[a] += xlogx(hist[a * te + k]);
+    for (int64_t k = 0; k <= Ka[a]; ++k) marginal_xlogx[a] += xlogx(hist[a * te + k]);
   }
 
-  // Label blocks whose bitsets fit kBlockBytes (at least 8 blocks, so there is work to
-  // share), and block pairs I <= J in order, with the number of label pairs before each.
+  // Blocks of positions whose bitsets fit kBlockBytes (sized for the most bitsets per label;
+  // at least 8 blocks, so there is work to share), and block pairs I <= J in order, with the
+  // number of label pairs before each.
   const int64_t lb =
       std::clamp<int64_t>(kBlockBytes / std::max<int64_t>(1, K * Wp * 8), 1, (q + 7) / 8);
   const int64_t nb = (q + lb - 1) / lb;
@@ -178,32 +222,32 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
   const double N = static_cast<double>(n), lnN = n > 0 ? std::log(N) : 0.0;
   const XLogX xlx(n);
   std::vector<double> partial(rowsum ? chunks * q : 0, 0.0);
+  const int64_t R = tiles.rows, C = tiles.cols;
 
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<int64_t> c(static_cast<size_t>(K * K));
-    auto pair_mi = [&](int64_t a, int64_t b) {
-      const uint64_t *A = bits + a * K * Wp, *B = bits + b * K * Wp;
-      for (const Tile& t : plan.tiles)
-        t.fn(A + t.row * Wp, B + t.col * Wp, Wp, K, &c[t.row * K + t.col]);
-      // Expand the K x K block to te x te with the marginals (last row and column). One
-      // partial sum per row, so the adds are short independent chains, not one of te^2.
+    std::vector<int64_t> c(static_cast<size_t>(std::max(R * C, K * K)));
+    // MI of labels a and b from their ka x kb joint counts cab[k * ldo + l]: the table is
+    // completed with the marginals (last row and column). One partial sum per row, so the adds
+    // are short independent chains.
+    auto pair_mi = [&](int64_t a, int64_t b, int64_t ka, int64_t kb, const int64_t* cab,
+                       int64_t ldo) {
       double joint = 0.0, last_col = 0.0;
       int64_t corner = n;
-      for (int64_t k = 0; k < K; ++k) {
+      for (int64_t k = 0; k < ka; ++k) {
         int64_t row_rest = hist[a * te + k];
         double row = 0.0;
-        for (int64_t l = 0; l < K; ++l) {
-          row += xlx(c[k * K + l]);
-          row_rest -= c[k * K + l];
+        for (int64_t l = 0; l < kb; ++l) {
+          row += xlx(cab[k * ldo + l]);
+          row_rest -= cab[k * ldo + l];
         }
         joint += row;
         last_col += xlx(row_rest);
         corner -= hist[a * te + k];
       }
       double last_row = 0.0;
-      for (int64_t l = 0; l < K; ++l) {
+      for (int64_t l = 0; l < kb; ++l) {
         int64_t col_rest = hist[b * te + l];
-        for (int64_t k = 0; k < K; ++k) col_rest -= c[k * K + l];
+        for (int64_t k = 0; k < ka; ++k) col_rest -= cab[k * ldo + l];
         last_row += xlx(col_rest);
         corner -= col_rest;
       }
@@ -211,18 +255,52 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
       const double mi = n > 0 ? (joint - marginal_xlogx[a] - marginal_xlogx[b]) / N + lnN : 0.0;
       return mi > 0.0 ? mi : 0.0;  // rounding can leave a true zero slightly negative
     };
+    // The end of a group of neighbours with Ka == k from p: at most g of them, before end.
+    auto group_end = [&](int64_t p, int64_t end, int64_t g, int64_t k) {
+      int64_t e = p + 1;
+      while (e < end && e - p < g && Ka[perm[e]] == k) ++e;
+      return e;
+    };
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       double* local = rowsum ? &partial[chunk * q] : nullptr;
       for (int64_t t = chunk_begin[chunk]; t < chunk_begin[chunk + 1]; ++t) {
         const auto [I, J] = block_pairs[t];
-        for (int64_t a = I * lb; a < std::min(q, I * lb + lb); ++a) {
-          for (int64_t b = std::max(J * lb, a + 1); b < std::min(q, J * lb + lb); ++b) {
-            const double mi = pair_mi(a, b);
-            if (rowsum) {
-              local[a] += mi;
-              local[b] += mi;
+        const int64_t a_end = std::min(q, I * lb + lb), b_end = std::min(q, J * lb + lb);
+        // Groups of ga labels (positions pa0 .. pa1) against groups of gb: one tile when their
+        // bitsets fit it, else tiles over one pair. Pairs are visited a, then b, ascending by
+        // position whatever the group sizes, so row sums do not depend on the instruction set.
+        for (int64_t pa0 = I * lb, pa1; pa0 < a_end; pa0 = pa1) {
+          const int64_t ka = Ka[perm[pa0]];
+          pa1 = group_end(pa0, a_end, ka <= R ? R / ka : 1, ka);
+          const uint64_t* A = bits + off[pa0] * Wp;
+          // On the diagonal block b starts after pa0: pairs with b <= a are computed, dropped.
+          for (int64_t pb0 = std::max(J * lb, pa0 + 1), pb1; pb0 < b_end; pb0 = pb1) {
+            const int64_t kb = Ka[perm[pb0]];
+            const bool grouped = ka <= R && kb <= C;
+            pb1 = group_end(pb0, b_end, grouped ? C / kb : 1, kb);
+            const uint64_t* B = bits + off[pb0] * Wp;
+            const int64_t ldo = (pb1 - pb0) * kb;
+            if (grouped) {
+              tiles.tile((pa1 - pa0) * ka, ldo)(A, B, Wp, ldo, c.data());
             } else {
-              op[a * q + b] = op[b * q + a] = static_cast<float>(mi);
+              label_mi_tiles::split(ka, R, [&](int64_t r, int64_t nr) {
+                label_mi_tiles::split(kb, C, [&](int64_t col, int64_t nc) {
+                  tiles.tile(nr, nc)(A + r * Wp, B + col * Wp, Wp, ldo, &c[r * ldo + col]);
+                });
+              });
+            }
+            for (int64_t pa = pa0; pa < pa1; ++pa) {
+              for (int64_t pb = std::max(pb0, pa + 1); pb < pb1; ++pb) {
+                const int64_t a = perm[pa], b = perm[pb];
+                const double mi =
+                    pair_mi(a, b, ka, kb, &c[(pa - pa0) * ka * ldo + (pb - pb0) * kb], ldo);
+                if (rowsum) {
+                  local[a] += mi;
+                  local[b] += mi;
+                } else {
+                  op[a * q + b] = op[b * q + a] = static_cast<float>(mi);
+                }
+              }
             }
           }
         }

@@ -1,9 +1,11 @@
-// The AND+popcount kernels of label_mi (label_mi.cpp): the joint counts of one label pair.
+// The AND+popcount kernels of label_mi (label_mi.cpp): joint bin counts of label pairs.
 //
-// For labels a and b with bitsets A_0..A_{K-1} and B_0..B_{K-1} (K = tau - 1 bins, W words
-// each), counts[k * K + l] = popcount(A_k & B_l). A Plan covers the K x K counts with tiles of
-// up to R x C bitset rows whose accumulators stay in registers, so each loaded word feeds
-// several of them (AVX-512: 3 x 8 zmm accumulators). One path per instruction set, chosen at
+// For labels a and b with bitsets A_0..A_{Ka-1} and B_0..B_{Kb-1} (one per stored bin, W words
+// each), the joint counts are popcount(A_k & B_l). A tile computes up to R x C of them between
+// R consecutive bitset rows and C consecutive ones, with its accumulators in registers, so each
+// loaded word feeds several counts (AVX-512: 3 x 8 zmm accumulators). label_mi.cpp covers one
+// pair with several tiles when it has many bins, or several pairs with one tile when they have
+// few (the rows of consecutive labels are consecutive). One path per instruction set, chosen at
 // run time (isa.h): AVX-512 VPOPCNTDQ, POPCNT, portable.
 //
 // On the AVX-512 path the bitset rows must start on 64-byte boundaries: on the 2-core EPYC of
@@ -26,14 +28,14 @@ namespace ubs_kernels::cpu::label_mi_tiles {
 
 constexpr int64_t kLanes = 8;  // words per AVX-512 vector; rows are padded to a multiple
 
-// out[r * K + c] = popcount(A_r & B_c) for r < R, c < C; rows of A and B are W words apart.
-using TileFn = void (*)(const uint64_t* A, const uint64_t* B, int64_t W, int64_t K, int64_t* out);
+// out[r * ldo + c] = popcount(A_r & B_c) for r < R, c < C; rows of A and B are W words apart.
+using TileFn = void (*)(const uint64_t* A, const uint64_t* B, int64_t W, int64_t ldo, int64_t* out);
 
 // Scalar words: R x C accumulators in general registers. Inlined into each wrapper below, so
 // each compiles it for its own instruction set.
 template <int R, int C>
 __attribute__((always_inline)) inline void tile_scalar(const uint64_t* A, const uint64_t* B,
-                                                       int64_t W, int64_t K, int64_t* out) {
+                                                       int64_t W, int64_t ldo, int64_t* out) {
   int64_t acc[R][C] = {};
   for (int64_t w = 0; w < W; ++w) {
     uint64_t a[R];
@@ -44,7 +46,7 @@ __attribute__((always_inline)) inline void tile_scalar(const uint64_t* A, const 
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < C; ++c) out[r * K + c] = acc[r][c];
+    for (int c = 0; c < C; ++c) out[r * ldo + c] = acc[r][c];
   }
 }
 
@@ -60,8 +62,8 @@ struct Portable {
   static constexpr int kRows = 2, kCols = 4;
   static int64_t count(const uint64_t* row, int64_t W) { return count_scalar(row, W); }
   template <int R, int C>
-  static void tile(const uint64_t* A, const uint64_t* B, int64_t W, int64_t K, int64_t* out) {
-    tile_scalar<R, C>(A, B, W, K, out);
+  static void tile(const uint64_t* A, const uint64_t* B, int64_t W, int64_t ldo, int64_t* out) {
+    tile_scalar<R, C>(A, B, W, ldo, out);
   }
 };
 
@@ -74,8 +76,8 @@ struct Popcnt {
   }
   template <int R, int C>
   __attribute__((target("popcnt"))) static void tile(const uint64_t* A, const uint64_t* B,
-                                                     int64_t W, int64_t K, int64_t* out) {
-    tile_scalar<R, C>(A, B, W, K, out);
+                                                     int64_t W, int64_t ldo, int64_t* out) {
+    tile_scalar<R, C>(A, B, W, ldo, out);
   }
 };
 
@@ -85,7 +87,7 @@ struct Avx512 : Popcnt {
   template <int R, int C>
   __attribute__((target("avx512f,avx512vpopcntdq"))) static void tile(const uint64_t* A,
                                                                       const uint64_t* B, int64_t W,
-                                                                      int64_t K, int64_t* out) {
+                                                                      int64_t ldo, int64_t* out) {
     __m512i acc[R][C];
     for (int r = 0; r < R; ++r) {
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
@@ -101,7 +103,8 @@ struct Avx512 : Popcnt {
       }
     }
     for (int r = 0; r < R; ++r) {
-      _mm512_mask_storeu_epi64(out + r * K, static_cast<__mmask8>((1u << C) - 1), sum8<C>(acc[r]));
+      _mm512_mask_storeu_epi64(out + r * ldo, static_cast<__mmask8>((1u << C) - 1),
+                               sum8<C>(acc[r]));
     }
   }
 
@@ -148,39 +151,32 @@ inline void split(int64_t n, int64_t m, F&& f) {
   }
 }
 
-// The tiles that cover the K x K counts of one pair: (row, column, kernel).
-struct Tile {
-  int64_t row, col;
-  TileFn fn;
-};
-struct Plan {
-  std::vector<Tile> tiles;
+// The kernels of one instruction set: every tile size up to rows x cols, and the bit count.
+struct Tiles {
   int64_t (*count)(const uint64_t* row, int64_t W);
+  int64_t rows, cols;  // the largest tile
+  const TileFn* grid;  // grid[(r - 1) * cols + (c - 1)]: the r x c tile
+  TileFn tile(int64_t r, int64_t c) const { return grid[(r - 1) * cols + (c - 1)]; }
 };
 
 template <class Kernel>
-inline Plan make_plan(int64_t K) {
+inline Tiles make_tiles() {
   static constexpr auto table =
       tile_table<Kernel>(std::make_integer_sequence<int, Kernel::kRows>());
-  Plan plan{{}, &Kernel::count};
-  split(K, Kernel::kRows, [&](int64_t r, int64_t nr) {
-    split(K, Kernel::kCols,
-          [&](int64_t c, int64_t nc) { plan.tiles.push_back({r, c, table[nr - 1][nc - 1]}); });
-  });
-  return plan;
+  return {&Kernel::count, Kernel::kRows, Kernel::kCols, table[0].data()};
 }
 
 // The fastest path this CPU runs, capped by UBS_CPU_ISA (tests use it to run every path).
-inline Plan choose_plan(int64_t K) {
+inline Tiles choose_tiles() {
   const Isa cap = isa_cap();
 #ifdef UBS_X86
   if (cap >= Isa::kAvx512 && __builtin_cpu_supports("avx512f") &&
       __builtin_cpu_supports("avx512vpopcntdq")) {
-    return make_plan<Avx512>(K);
+    return make_tiles<Avx512>();
   }
-  if (cap >= Isa::kPopcnt && __builtin_cpu_supports("popcnt")) return make_plan<Popcnt>(K);
+  if (cap >= Isa::kPopcnt && __builtin_cpu_supports("popcnt")) return make_tiles<Popcnt>();
 #endif
-  return make_plan<Portable>(K);
+  return make_tiles<Portable>();
 }
 
 }  // namespace ubs_kernels::cpu::label_mi_tiles
