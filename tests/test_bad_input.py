@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_state_equal, clone_state, make_state, require_backend
+from conftest import assert_state_equal, backend_params, clone_state, make_state, require_backend
 
 import ubs_kernels as ubs
 
@@ -171,3 +171,73 @@ def test_uncertainty_rejects_bad_history():
         ubs.uncertainty(torch.zeros(3, 2, 2, dtype=torch.int32), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="seen"):
         ubs.uncertainty(torch.zeros(3, 2, 2), torch.zeros(4, dtype=torch.long))
+
+
+# Bad values that some backends do not check for themselves: ops checks them in Python for
+# those, so every backend raises the same exception naming the argument, and writes nothing.
+# (The CUDA kernels check neither a negative seen in uncertainty nor a non-finite w: that
+# would need a device sync per call. backend_params() includes "cuda", which skips on the CPU.)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("where", [0, 5])
+def test_observe_rejects_negative_seen(backend, where):
+    """Sample 0's ring is first in memory: a negative count there would write before it."""
+    require_backend("observe", backend)
+    state = _warm_state()
+    state[1][where] = -1
+    before = clone_state(state)
+    with pytest.raises(ValueError, match=rf"seen must be >= 0 \(observation counts\).*seen\[{where}\] = -1"):
+        ubs.observe(*state, IDX, _probs(), backend=backend)
+    assert_state_equal(state, before)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_uncertainty_rejects_negative_seen(backend):
+    require_backend("uncertainty", backend)
+    history, seen = _warm_state()[:2]
+    seen[7] = -2
+    before = clone_state((history, seen))
+    with pytest.raises(ValueError, match=r"seen must be >= 0 \(observation counts\), got seen\[7\] = -2"):
+        ubs.uncertainty(history, seen, backend=backend)
+    assert_state_equal((history, seen), before)
+
+
+def _weights_inputs(row=None, value=None, c=None):
+    u = torch.rand(6, 3, generator=torch.Generator().manual_seed(1))
+    seen = torch.tensor([1, 2, 0, 1, 3, 1])
+    if row is not None:
+        u[row, 1] = value
+    return u, torch.ones(3) if c is None else c, seen
+
+
+# (case id, (U, c, seen), message); row 2 is never observed (seen 0).
+NONFINITE_WEIGHTS = [
+    ("u-nan", _weights_inputs(3, float("nan")), r"uncertainty must be finite: row 3 gives w = U c = nan"),
+    ("u-inf", _weights_inputs(1, float("inf")), r"uncertainty must be finite: row 1 gives w = U c = inf"),
+    ("u-inf-times-0", _weights_inputs(1, float("inf"), torch.tensor([1.0, 0.0, 1.0])), "uncertainty must be finite"),
+    ("w-overflow", _weights_inputs(4, 3e38, torch.full((3,), 10.0)), "uncertainty must be finite: row 4"),
+    ("c-nan", _weights_inputs(c=torch.tensor([1.0, float("nan"), 1.0])), r"c must be finite, got c\[1\] = nan"),
+    ("c-inf", _weights_inputs(c=torch.tensor([1.0, 1.0, -float("inf")])), r"c must be finite, got c\[2\] = -inf"),
+]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize(("args", "match"), [c[1:] for c in NONFINITE_WEIGHTS], ids=[c[0] for c in NONFINITE_WEIGHTS])
+def test_selection_log_probs_rejects_nonfinite(backend, args, match):
+    require_backend("selection_log_probs", backend)
+    before = clone_state(args)
+    with pytest.raises(ValueError, match=match):
+        ubs.selection_log_probs(*args, 2.0, backend=backend)
+    for x, y in zip(args, before, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_selection_log_probs_ignores_nonfinite_unobserved_row(backend):
+    """U of a never-observed sample is not used (z = 1), so NaN there is no error anywhere."""
+    require_backend("selection_log_probs", backend)
+    u, c, seen = _weights_inputs(2, float("nan"))
+    got = ubs.selection_log_probs(u, c, seen, 2.0, backend=backend)
+    want = ubs.selection_log_probs(u.nan_to_num(0.0), c, seen, 2.0, backend="torch")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

@@ -145,6 +145,49 @@ def check_weights_args(u, c, seen):
         raise ValueError(f"seen must be int64 of shape ({n},), got {seen.dtype} {tuple(seen.shape)}")
     _same_device("c", c, u.device, "uncertainty")
     _same_device("seen", seen, u.device, "uncertainty")
-    if not bool(torch.isfinite(c).all()):
-        raise ValueError("c must be finite")
+    finite = torch.isfinite(c)
+    if not bool(finite.all()):
+        j = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"c must be finite, got c[{j}] = {c[j].item()}")
     return n, q
+
+
+# Value checks for the backends that do not make them themselves (the torch reference and
+# Triton); the messages are the native CPU kernels'. Each reads the tensor on the host.
+
+
+def check_seen(seen: torch.Tensor) -> None:
+    """Every observation count ``seen[i] >= 0`` (the whole-matrix uncertainty pass)."""
+    bad = seen < 0
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"seen must be >= 0 (observation counts), got seen[{i}] = {int(seen[i])}")
+
+
+def check_seen_at(seen: torch.Tensor, indices: torch.Tensor, n: int) -> None:
+    """``seen[i] >= 0`` at every index ``i`` observed (a negative count addresses a slot outside
+    the ring). Indices out of ``[0, n)`` are skipped: check_indices or the kernel reports them."""
+    idx = indices.long()
+    idx = idx[(idx >= 0) & (idx < n)]
+    counts = seen[idx]
+    bad = counts < 0
+    if bool(bad.any()):
+        r = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"seen must be >= 0 (observation counts) at every index observed, "
+            f"got seen[{int(idx[r])}] = {int(counts[r])}"
+        )
+
+
+def check_weights_finite(u: torch.Tensor, c: torch.Tensor, seen: torch.Tensor) -> None:
+    """``w = U c`` finite for every observed sample (``seen > 0``); other rows are not used.
+
+    ``w`` is the float32 product the torch and Triton backends compute (the native CPU kernel
+    accumulates in float64 and rounds once, so the two differ only where ``|U c|`` overflows
+    float32 on the way).
+    """
+    w = u.to(torch.float32) @ c.to(torch.float32)
+    bad = (seen > 0) & ~torch.isfinite(w)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"uncertainty must be finite: row {i} gives w = U c = {w[i].item()}")

@@ -119,7 +119,7 @@ def observe(
 
     Args:
         history: ``(n, T, q)`` float16/float32 ring of each sample's last T predictions. In place.
-        seen: ``(n,)`` int64 observation counts; sample i's next prediction goes to slot
+        seen: ``(n,)`` int64 observation counts, >= 0; sample i's next prediction goes to slot
             ``seen[i] % T``. In place.
         uncertainty: ``(n, q)`` float32 U (Eq. 5). In place, rows ``indices`` only.
         bins: ``(n, q)`` uint8, ``min(floor(U * tau), tau - 1)``. In place, rows ``indices`` only.
@@ -139,6 +139,10 @@ def observe(
     # torch.compile, which cannot trace data-dependent Python checks.
     values = chosen in ("torch", "triton") and not torch.compiler.is_compiling()
     indices = _checks.check_indices(indices, n, history.device, values)
+    # seen >= 0 at the observed indices: a negative count addresses a slot outside the sample's
+    # ring. The native kernels check it themselves.
+    if values:
+        _checks.check_seen_at(seen, indices, n)
     probs = _checks.check_probs(probs, indices.numel(), q, history.device, values).detach()
     lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
     if indices.numel() == 0:
@@ -155,11 +159,15 @@ def uncertainty(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """U (Eq. 5) and bins of all n samples from the history: ``((n, q) float32, (n, q) uint8)``.
 
-    Rows of samples never observed are 0.
+    Rows of samples never observed are 0. A negative ``seen`` raises ``ValueError``, except on
+    the CUDA backend, which does not check it (that needs a device sync) and gives 0 rows.
     """
     _checks.check_state(history, seen)
     lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
     chosen = resolve_backend("uncertainty", history.device, backend)
+    # The native CPU kernel rejects a negative count itself (the CUDA one does not, see above).
+    if chosen in ("torch", "triton") and not torch.compiler.is_compiling():
+        _checks.check_seen(seen)
     if chosen != "torch":
         u, b = _call("uncertainty", chosen, history, seen, lam, tau)
         return u, b
@@ -203,10 +211,16 @@ def selection_log_probs(
     ``w = U c`` (Eq. 7-8), min-max normalised over the observed samples (``seen > 0``) to
     ``z`` (never-observed samples get ``z = 1``), ``Q = floor((1 - z) n)`` (Eq. 9) and
     ``log P = -ln(pressure) Q / n - logsumexp`` (Eq. 10). ``pressure`` is ``s_t`` of Eq. 11.
+
+    A non-finite ``c``, or a non-finite ``w`` of an observed sample, raises ``ValueError``; the
+    CUDA backend checks ``c`` only (``w`` would need a device sync): its result is undefined then.
     """
     _checks.check_weights_args(uncertainty, c, seen)
     pressure = _checks.check_pressure(pressure)
     chosen = resolve_backend("selection_log_probs", uncertainty.device, backend)
+    # The native CPU kernel checks w itself (the CUDA one does not, see above).
+    if chosen in ("torch", "triton") and not torch.compiler.is_compiling():
+        _checks.check_weights_finite(uncertainty, c, seen)
     if chosen != "torch":
         return _call(
             "selection_log_probs",

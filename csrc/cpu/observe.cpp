@@ -68,6 +68,14 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
   }
   TORCH_CHECK_VALUE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
                     "indices must not contain duplicates within one call");
+  // seen >= 0 at every observed sample: a negative count would address a slot outside the
+  // sample's ring.
+  const int64_t* sp = seen.data_ptr<int64_t>();
+  for (int64_t i : sorted) {
+    TORCH_CHECK_VALUE(sp[i] >= 0,
+                      "seen must be >= 0 (observation counts) at every index observed, got seen[",
+                      i, "] = ", sp[i]);
+  }
 
   // Probabilities: finite and in [0, 1] (NaN fails both comparisons). A branch-free pass per
   // row that the compiler vectorises; the offending value is looked up only on failure.
