@@ -1,19 +1,39 @@
-"""Benchmark of the per-step observe pass (Eq. 1, 4, 5 and the bin) of one training step.
+"""Benchmark of observe (Eq. 1, 4, 5 and the bin): one training step, and a whole epoch in one call.
 
 State: n samples, q labels, a window of T = 5 predictions (history float16 and float32), pre-
-filled so every sample has been seen more than T times; each step observes a batch of b = 128
-random distinct samples with random probabilities. Providers: ``ubs_<backend>`` for every
-backend that ``ubs_kernels.available_backends("observe", device)`` reports (``ubs_cpu`` is the
-native C++ op, ``ubs_torch`` the PyTorch reference), and ``authors_style``: the per-sample,
-per-label Python loops of the authors' released code (``bench/baselines.py``). Every provider is
-checked against ``reference.observe`` before it is timed.
+filled so every sample has been seen more than T times.
 
-Derived rows: ``epoch_s`` (per-step median x ceil(n / b) steps, not measured as an epoch),
-``GB_per_s`` (bytes the op must read and write per step / median time), ``bw_fraction``
-(that against the measured copy bandwidth), ``speedup_vs_authors_style`` and, for native
-backends, ``speedup_vs_ubs_torch``.
+Per step (``--sizes``): each step observes a batch of b = 128 random distinct samples with
+random probabilities. Providers: ``ubs_<backend>`` for every backend that
+``ubs_kernels.available_backends("observe", device)`` reports (``ubs_cpu`` is the native C++
+op, ``ubs_torch`` the PyTorch reference), and ``authors_style``: the per-sample, per-label
+Python loops of the authors' released code (``bench/baselines.py``). Every provider is checked
+against ``reference.observe`` before it is timed. Derived rows: ``epoch_s`` (per-step median x
+ceil(n / b) steps, not measured as an epoch), ``GB_per_s`` (bytes the op must read and write per
+step / median time), ``bw_fraction`` (that against the measured copy bandwidth),
+``speedup_vs_authors_style`` and, for native backends, ``speedup_vs_ubs_torch``.
 
-    python bench/bench_observe.py --out bench/results [--sizes 2407,6 7395,159] [--quick]
+Whole matrix (``--whole-sizes``, default n*q = 1e8; none given: skipped): ONE observe call
+whose indices are a random permutation of all n rows and whose probs are an (n, q) float32
+matrix, i.e. a whole epoch of observations at once: the project targets "within 2x of a plain
+copy of the same bytes" at n*q = 1e8 (CPU) and ">= 80% of copy bandwidth" at n*q = 1e9 (GPU:
+``--device cuda --whole-sizes 1000000,1000``). Its rows have provider ``ubs_<backend>_whole``
+and ``batch`` = n. The state is built in slices (no float32 copy of the ring) with U and bins
+zero (the call rewrites every row); every provider is first checked against
+``reference.observe`` on the first rows, as above. The call is in place: repeated timed calls
+write every row again (``seen`` grows by one each time), and the indices and probs are made
+once, outside the timed call. ``authors_style`` is not run here (no rows: its per-sample Python
+loops would take hours); ``ubs_torch`` is skipped (a ``skipped`` row says so) above
+``--torch-max-elements`` n*q, where its float32 gathers of the ring would need several GB.
+Derived rows: ``GB_per_s`` (bytes the call must move, over the median: probs read n*q*4, the
+ring read T*n*q*h plus the new slot written n*q*h (h = 2 or 4 bytes), U written n*q*4, the bins
+written n*q, indices read and seen read and written n*24), ``bw_fraction`` (that over the copy
+bandwidth measured at the start of the run), ``copy_ratio`` (the median over the time a copy of
+the same bytes takes at that bandwidth; the CPU target is <= 2) and, for native backends when
+``ubs_torch`` ran, ``speedup_vs_ubs_torch``.
+
+    python bench/bench_observe.py --out bench/results [--sizes 2407,6 7395,159]
+        [--whole-sizes 100000,1000] [--quick]
 """
 
 from __future__ import annotations
@@ -34,9 +54,11 @@ from ubs_kernels import reference
 
 DEFAULT_SIZES = ["2407,6", "7395,159", "5000,374", "20000,1000"]
 QUICK_SIZES = ["257,5", "600,17"]
+WHOLE_SIZES, QUICK_WHOLE_SIZES = ["100000,1000"], ["600,17"]  # one call observes all n rows
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 STEPS = 16  # distinct pre-generated batches, cycled through while timing
 U_ATOL, AUTHORS_ATOL = 1e-6, 1e-3
+SLICE_ROWS, VERIFY_ROWS = 10_000, 2000  # whole matrix: build in slices; check on the first rows
 
 
 def make_state(n: int, q: int, T: int, dtype: torch.dtype, lam: float, tau: int, seed: int):
@@ -46,6 +68,31 @@ def make_state(n: int, q: int, T: int, dtype: torch.dtype, lam: float, tau: int,
     seen = torch.randint(T + 1, 4 * T, (n,), generator=g)
     u, bins = reference.uncertainty(history, seen, lam, tau)
     return [history, seen, u.contiguous(), bins.contiguous()]
+
+
+def make_whole_state(n: int, q: int, T: int, dtype: torch.dtype, seed: int, device: str):
+    """``(history, seen, uncertainty, bins)`` on ``device``, built in slices of ``SLICE_ROWS`` rows.
+
+    No float32 copy of the whole ring is ever made (1e8 * T values at n*q = 1e8). Every sample has
+    been seen T+1 .. 4T-1 times; U and the bins are zero, since a whole-matrix call rewrites them.
+    """
+    g = torch.Generator().manual_seed(seed)
+    history = torch.empty(n, T, q, dtype=dtype, device=device)
+    for i0 in range(0, n, SLICE_ROWS):
+        history[i0 : i0 + SLICE_ROWS] = torch.rand(min(SLICE_ROWS, n - i0), T, q, generator=g).to(dtype)
+    seen = torch.randint(T + 1, 4 * T, (n,), generator=g).to(device)
+    u = torch.zeros(n, q, dtype=torch.float32, device=device)
+    return [history, seen, u, torch.zeros(n, q, dtype=torch.uint8, device=device)]
+
+
+def make_whole_step(n: int, q: int, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random permutation of all n rows and an (n, q) float32 matrix of probabilities."""
+    g = torch.Generator().manual_seed(seed + 2)
+    idx = torch.randperm(n, generator=g).to(device)
+    probs = torch.empty(n, q, dtype=torch.float32, device=device)
+    for i0 in range(0, n, SLICE_ROWS):
+        probs[i0 : i0 + SLICE_ROWS] = torch.rand(min(SLICE_ROWS, n - i0), q, generator=g)
+    return idx, probs
 
 
 def make_steps(n: int, q: int, b: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -135,6 +182,43 @@ def bench_size(n: int, q: int, args, device: str, ubs, bw: float, writer: harnes
                 writer.metric(k, t, "speedup_vs_ubs_torch", base["ubs_torch"].median / t.median)
 
 
+def bench_whole(n: int, q: int, args, device: str, ubs, bw: float, writer: harness.ResultWriter) -> None:
+    """One observe call over all n rows (a whole epoch of observations) per history dtype."""
+    T, lam, tau = args.window, args.lam, args.tau
+    tc = partial(harness.time_call, min_run_time=args.min_run_time, quick=args.quick)
+
+    def log(msg: str) -> None:
+        print(f"[observe whole {n}x{q}] {msg}", flush=True)
+
+    idx, probs = make_whole_step(n, q, args.seed, device)
+    rows = min(VERIFY_ROWS, n)
+    g = torch.Generator().manual_seed(args.seed + 3)
+    check_step = [(torch.randperm(rows, generator=g), torch.rand(rows, q, generator=g))]
+    for dname in args.dtypes:
+        state = make_whole_state(n, q, T, DTYPES[dname], args.seed, device)
+        verify([t[:rows].cpu() for t in state], check_step, ubs, device, lam, tau, authors=False)
+        moved = step_bytes(n, q, T, state[0].element_size())
+        base = {}
+        for name, backend in ubs:
+            k = {"provider": f"{name}_whole", "device": device, "n": n, "q": q, "tau": tau, "T": T, "batch": n,
+                 "dtype": dname}  # fmt: skip
+            if backend == "torch" and n * q > args.torch_max_elements:
+                writer.metric(k, None, "skipped", float("nan"), f"skipped: n*q > {args.torch_max_elements:g}")
+                log(f"{name} {dname}: skipped (n*q > {args.torch_max_elements:g})")
+                continue
+            t = tc(partial(ubs_kernels.observe, *state, idx, probs, lam=lam, tau=tau, backend=backend), device)
+            base[name] = t
+            gbs = moved / t.median / 1e9
+            log(f"{name} {dname}: {harness.fmt_s(t.median)} per call, {gbs:.1f} GB/s ({bw / gbs:.2f}x a copy)")
+            writer.timing(k, t)
+            writer.metric(k, t, "GB_per_s", gbs, f"{moved} bytes read+written per call / median")
+            writer.metric(k, t, "bw_fraction", gbs / bw, f"vs measured copy bandwidth {bw:.1f} GB/s")
+            writer.metric(k, t, "copy_ratio", bw / gbs, f"median / time to copy the same bytes at {bw:.1f} GB/s")
+            if name != "ubs_torch" and "ubs_torch" in base:
+                writer.metric(k, t, "speedup_vs_ubs_torch", base["ubs_torch"].median / t.median)
+        del state
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     harness.add_common_args(p, "observe", DEFAULT_SIZES, QUICK_SIZES)
@@ -142,6 +226,11 @@ def parse_args(argv=None):
     p.add_argument("--window", type=int, default=5, help="T")
     p.add_argument("--batch", type=int, default=128, help="b")
     p.add_argument("--lam", type=float, default=0.5)
+    p.add_argument("--whole-sizes", nargs="*",
+                   help=f"n,q pairs for one observe call over all n rows (default {' '.join(WHOLE_SIZES)}, "
+                        f"--quick {' '.join(QUICK_WHOLE_SIZES)}; no values: skip)")  # fmt: skip
+    p.add_argument("--torch-max-elements", type=float, default=2e7,
+                   help="whole matrix: skip ubs_torch above this n*q")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -157,6 +246,9 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     for n, q in sizes:
         bench_size(n, q, args, device, ubs, bw, writer)
+    whole = args.whole_sizes if args.whole_sizes is not None else QUICK_WHOLE_SIZES if args.quick else WHOLE_SIZES
+    for n, q in harness.parse_sizes(whole):
+        bench_whole(n, q, args, device, ubs, bw, writer)
     path = writer.write(Path(args.out) / "observe.csv")
     writer.print_table()
     print(f"wrote {path} ({len(writer.rows)} rows) in {time.perf_counter() - start:.0f} s")

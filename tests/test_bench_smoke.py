@@ -1,8 +1,10 @@
-"""Smoke test of bench/: both benchmark scripts in ``--quick`` mode, then the plot, end to end.
+"""Smoke test of bench/: the benchmark scripts in ``--quick`` mode, then the plot, end to end.
 
 Checks the contract of the results, not the speed: each script exits 0 (so every provider
 passed its correctness gate against the reference), writes its CSV in the long format with the
-documented columns, has a timing row for every provider, and ``plot.py`` writes one PNG per op.
+documented columns, has a timing row for every provider (for observe: the per-step rows and the
+whole-matrix ``ubs_<backend>_whole`` rows with their bandwidth metrics), and ``plot.py`` writes
+one PNG per op.
 """
 
 from __future__ import annotations
@@ -75,11 +77,23 @@ def test_label_mi_csv(results: Path) -> None:
 
 def test_observe_csv(results: Path) -> None:
     rows = _rows(results / "observe.csv")
-    ubs_names = {f"ubs_{b}" for b in ubs.available_backends("observe", "cpu")}
-    _check_providers(rows, "observe", ubs_names | {"authors_style"})
+    backends = ubs.available_backends("observe", "cpu")
+    ubs_names = {f"ubs_{b}" for b in backends}
+    whole_names = {f"ubs_{b}_whole" for b in backends}  # --quick runs ubs_torch on the whole matrix too
+    _check_providers(rows, "observe", ubs_names | whole_names | {"authors_style"})
     metrics = {r["metric"] for r in rows}
     assert {"epoch_s", "GB_per_s", "speedup_vs_authors_style"} <= metrics
     assert {r["dtype"] for r in rows if r["provider"] in ubs_names} == {"float16", "float32"}
+    # Whole-matrix rows: one call over all n rows of the quick size 600x17 (batch = n).
+    whole = [r for r in rows if r["provider"] in whole_names]
+    assert {(r["n"], r["q"], r["batch"]) for r in whole} == {("600", "17", "600")}
+    for name in whole_names - {"ubs_torch_whole"}:
+        for dtype in ("float16", "float32"):
+            got = {r["metric"]: r for r in whole if r["provider"] == name and r["dtype"] == dtype}
+            assert {"time_s", "GB_per_s", "bw_fraction", "copy_ratio"} <= set(got), f"{name} {dtype}: {set(got)}"
+            for metric in ("GB_per_s", "bw_fraction", "copy_ratio"):
+                value = float(got[metric]["value"])
+                assert math.isfinite(value) and value > 0, got[metric]
 
 
 def test_selector_csv(results: Path) -> None:
