@@ -57,7 +57,8 @@ class Timing:
         return Timing(self.median * factor, self.p20 * factor, self.p80 * factor, self.runs, note)
 
 
-def _from_samples(samples: list[float], note: str = "") -> Timing:
+def timing_from_samples(samples: list[float], note: str = "") -> Timing:
+    """A :class:`Timing` of seconds measured by the caller (median and 20th/80th percentiles)."""
     a = np.asarray(samples, dtype=np.float64)
     p20, med, p80 = np.percentile(a, [20, 50, 80])
     return Timing(float(med), float(p20), float(p80), len(samples), note)
@@ -76,7 +77,7 @@ def _time_slow(fn: Callable[[], object], device: str, first: float, min_run_time
         fn()
         _sync(device)
         samples.append(time.perf_counter() - t0)
-    return _from_samples(samples, f"{len(samples)} run(s) of > {SLOW_CALL_S:g} s each")
+    return timing_from_samples(samples, f"{len(samples)} run(s) of > {SLOW_CALL_S:g} s each")
 
 
 def _time_cuda(fn: Callable[[], object], min_run_time: float) -> Timing:
@@ -95,7 +96,7 @@ def _time_cuda(fn: Callable[[], object], min_run_time: float) -> Timing:
         end.record()
         torch.cuda.synchronize()
         samples.append(start.elapsed_time(end) / 1e3)
-    return _from_samples(samples, "cuda events")
+    return timing_from_samples(samples, "cuda events")
 
 
 def time_call(fn: Callable[[], object], device: str = "cpu", min_run_time: float = 1.0, quick: bool = False,
@@ -115,7 +116,7 @@ def time_call(fn: Callable[[], object], device: str = "cpu", min_run_time: float
         t0 = time.perf_counter()
         fn()
         _sync(device)
-        return _from_samples([time.perf_counter() - t0], "1 run (--quick)")
+        return timing_from_samples([time.perf_counter() - t0], "1 run (--quick)")
     if device == "cuda":
         return _time_cuda(fn, min_run_time)
     timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())

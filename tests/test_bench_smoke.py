@@ -99,10 +99,19 @@ def test_observe_csv(results: Path) -> None:
 def test_selector_csv(results: Path) -> None:
     rows = _rows(results / "selector.csv")
     _check_providers(
-        rows, "selector", {"ubs_plan_weighted", "torch_multinomial_per_batch", "ubs_selector_epoch", "demo_mlp_epoch"}
+        rows,
+        "selector",
+        {
+            "ubs_plan_weighted",
+            "torch_multinomial_per_batch",
+            "ubs_selector_epoch",
+            "training_in_selected_epoch",
+            "demo_mlp_epoch",
+            "ubs_label_mi_rowsums",
+        },
     )
     metrics = {r["metric"] for r in rows}
-    assert {"speedup_vs_torch_multinomial", "overhead_share"} <= metrics
+    assert {"speedup_vs_torch_multinomial", "overhead_share", "overhead_share_vs_uniform_epoch"} <= metrics
 
 
 def test_plot(results: Path) -> None:

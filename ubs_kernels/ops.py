@@ -27,6 +27,7 @@ from . import _checks, reference
 from ._native import native_ops
 
 BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
+NATIVE_BACKENDS = ("cpu", "cuda")  # the C++/CUDA kernels: they check their arguments themselves
 
 # Ops whose native kernels are registered under ubs_kernels::<name>; dispatch asks the
 # dispatcher whether this build has a kernel for the device at hand. The Triton kernels are
