@@ -419,7 +419,7 @@ class UncertaintyBatchSelector(BatchSelector):
         ):
             # The state is the selector's own (checked when it was made) and the native kernels
             # check indices and probs themselves before writing anything, with the same errors
-            # as ops.observe: skipping its Python checks saves ~25 µs a step.
+            # as ops.observe: skipping its Python checks saves about 6 µs a step.
             torch.ops.ubs_kernels.observe(*state, indices, probs, self.lam, self.bins)
             return
         ops.observe(*state, indices, probs, self.lam, self.bins, backend=self.backend)
