@@ -208,12 +208,8 @@ def bench_whole(n: int, q: int, args, device: str, ubs, bw: float, writer: harne
                 continue
             t = tc(partial(ubs_kernels.observe, *state, idx, probs, lam=lam, tau=tau, backend=backend), device)
             base[name] = t
-            gbs = moved / t.median / 1e9
+            gbs = harness.bandwidth_rows(writer, k, t, moved, bw)
             log(f"{name} {dname}: {harness.fmt_s(t.median)} per call, {gbs:.1f} GB/s ({bw / gbs:.2f}x a copy)")
-            writer.timing(k, t)
-            writer.metric(k, t, "GB_per_s", gbs, f"{moved} bytes read+written per call / median")
-            writer.metric(k, t, "bw_fraction", gbs / bw, f"vs measured copy bandwidth {bw:.1f} GB/s")
-            writer.metric(k, t, "copy_ratio", bw / gbs, f"median / time to copy the same bytes at {bw:.1f} GB/s")
             if name != "ubs_torch" and "ubs_torch" in base:
                 writer.metric(k, t, "speedup_vs_ubs_torch", base["ubs_torch"].median / t.median)
         del state

@@ -125,6 +125,17 @@ def time_call(fn: Callable[[], object], device: str = "cpu", min_run_time: float
     return Timing(float(m.median), float(p20), float(p80), len(m.times) * m.number_per_run)
 
 
+def bandwidth_rows(writer: ResultWriter, key: dict, t: Timing, moved: int, bw: float) -> float:
+    """Writes the timing of a memory-bound call and its ``GB_per_s``, ``bw_fraction`` and
+    ``copy_ratio`` rows (``moved`` bytes per call, copy bandwidth ``bw`` GB/s); returns GB/s."""
+    gbs = moved / t.median / 1e9
+    writer.timing(key, t)
+    writer.metric(key, t, "GB_per_s", gbs, f"{moved} bytes read+written per call / median")
+    writer.metric(key, t, "bw_fraction", gbs / bw, f"vs measured copy bandwidth {bw:.1f} GB/s")
+    writer.metric(key, t, "copy_ratio", bw / gbs, f"median / time to copy the same bytes at {bw:.1f} GB/s")
+    return gbs
+
+
 def copy_bandwidth(device: str = "cpu", mib: int = 256) -> float:
     """Measured device-memory bandwidth in GB/s: read + write of a ``mib`` MiB tensor copy."""
     src = torch.ones(mib << 18, device=device)  # float32: 2^18 values per MiB
