@@ -105,6 +105,8 @@ def test_selector_csv(results: Path) -> None:
             "ubs_plan_weighted",
             "torch_multinomial_per_batch",
             "ubs_selector_epoch",
+            "ubs_selector_draw",
+            "ubs_selector_observe",
             "training_in_selected_epoch",
             "demo_mlp_epoch",
             "ubs_label_mi_rowsums",

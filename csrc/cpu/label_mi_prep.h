@@ -27,7 +27,7 @@
 namespace ubs_kernels::cpu::label_mi_prep {
 
 // h[a * (tau + 1) + min(bins[i, a0 + a], tau)] += 1 for every sample i and label a < m
-// (slot tau counts out-of-range values).
+// (slot tau counts out-of-range values; on the AVX-512BW path it is only nonzero, not a count).
 inline void bin_counts_portable(const uint8_t* bp, int64_t n, int64_t q, int64_t a0, int64_t m,
                                 int64_t tau, int64_t* h) {
   const int64_t slots = tau + 1;
