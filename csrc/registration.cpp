@@ -16,6 +16,13 @@ TORCH_LIBRARY(ubs_kernels, m) {
       "observe(Tensor(a!) history, Tensor(b!) seen, Tensor(c!) uncertainty, Tensor(d!) bins, "
       "Tensor indices, Tensor probs, float lam, int tau) -> ()");
 
+  // The ring write and count of observe without U and bins: a selector that needs U only at
+  // the epoch boundary records each step and runs the whole-matrix pass (uncertainty) then,
+  // which gives the bits observe would have written. Same checks as observe.
+  //   history (n, T, q) f16|f32, seen (n,) i64, indices (b,) i64 distinct in [0, n),
+  //   probs (b, q) f32|f16|bf16|f64 in [0, 1].
+  m.def("record(Tensor(a!) history, Tensor(b!) seen, Tensor indices, Tensor probs) -> ()");
+
   // Mutual information (SPEC.md Eq. 6, natural log) between every pair of label columns of
   // the binned U, diagonal 1. bins (n, q) u8 in [0, tau) -> (q, q) f32, or with rowsum the
   // row sums (q,) f32 without materialising q x q.

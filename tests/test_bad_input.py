@@ -67,6 +67,51 @@ def test_observe_rejects_and_leaves_state(backend, indices, probs, kwargs, exc, 
     assert_state_equal(state, before)
 
 
+RECORD_CASES = [c for c in OBSERVE_CASES if not c[3]]  # record has no lam or tau
+
+
+@pytest.mark.parametrize("backend", backend_params("torch", "cpu", "triton"))
+@pytest.mark.parametrize(
+    ("indices", "probs", "exc", "match"),
+    [(c[1], c[2], c[4], c[5]) for c in RECORD_CASES],
+    ids=[c[0] for c in RECORD_CASES],
+)
+def test_record_rejects_and_leaves_state(backend, indices, probs, exc, match):
+    require_backend("record", backend)
+    state = _warm_state()
+    before = clone_state(state)
+    with pytest.raises(exc, match=match):
+        ubs.record(state[0], state[1], indices, probs, backend=backend)
+    assert_state_equal(state, before)
+
+
+@pytest.mark.parametrize(
+    ("indices", "probs", "exc", "match"),
+    [(c[1], c[2], c[4], c[5]) for c in RECORD_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
+    ids=[c[0] for c in RECORD_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
+)
+def test_native_record_checks_for_itself(indices, probs, exc, match):
+    """torch.ops.ubs_kernels.record called directly, without the Python checks."""
+    require_backend("record", "cpu")
+    state = _warm_state()
+    before = clone_state(state)
+    with pytest.raises(exc, match=match):
+        torch.ops.ubs_kernels.record(state[0], state[1], indices.long(), probs)
+    assert_state_equal(state, before)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("where", [0, 5])
+def test_record_rejects_negative_seen(backend, where):
+    require_backend("record", backend)
+    history, seen = _warm_state()[:2]
+    seen[where] = -1
+    before = clone_state((history, seen))
+    with pytest.raises(ValueError, match=r"seen must be >= 0 \(observation counts\)"):
+        ubs.record(history, seen, IDX, _probs(), backend=backend)
+    assert_state_equal((history, seen), before)
+
+
 @pytest.mark.parametrize(
     ("which", "bad", "exc", "match"),
     [

@@ -42,6 +42,13 @@ def test_opcheck_native_observe(history_dtype):
     torch.library.opcheck(torch.ops.ubs_kernels.observe.default, _observe_args(history_dtype))
 
 
+@pytest.mark.parametrize("history_dtype", [torch.float16, torch.float32])
+def test_opcheck_native_record(history_dtype):
+    require_backend("record", "cpu")
+    args = _observe_args(history_dtype)
+    torch.library.opcheck(torch.ops.ubs_kernels.record.default, (args[0], args[1], args[4], args[5]))
+
+
 @pytest.mark.parametrize("rowsum", [False, True])
 def test_opcheck_native_label_mi(rowsum):
     require_backend("label_mi", "cpu")

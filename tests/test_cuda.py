@@ -299,13 +299,14 @@ def _op_samples():
     seen = torch.randint(0, 3, (20,), device=CUDA)
     return {
         "observe": observe,
+        "record": (state[0].clone(), state[1].clone(), observe[4], observe[5]),
         "uncertainty": (torch.rand(20, 4, 8, device=CUDA).half(), seen, 0.5, 10),
         "label_mi": (bins, 10, True),
         "selection_log_probs": (torch.rand(20, 8, device=CUDA), torch.rand(8, device=CUDA), seen, 3.0),
     }
 
 
-@pytest.mark.parametrize("op", ["observe", "uncertainty", "label_mi", "selection_log_probs"])
+@pytest.mark.parametrize("op", ["observe", "record", "uncertainty", "label_mi", "selection_log_probs"])
 def test_opcheck_cuda(op):
     cuda_or_skip(op)
     torch.library.opcheck(getattr(torch.ops.ubs_kernels, op).default, _op_samples()[op])

@@ -9,7 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_bins_match, clone_state, make_state, numpy_uncertainty, require_backend
+from conftest import (
+    assert_bins_match,
+    backend_params,
+    clone_state,
+    make_state,
+    numpy_uncertainty,
+    require_backend,
+)
 
 import ubs_kernels as ubs
 
@@ -113,3 +120,45 @@ def test_int32_indices_and_noncontiguous_probs(backend):
     ubs.observe(*b, torch.tensor([3, 1, 7, 0]), probs.contiguous(), backend=backend)
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("backend", backend_params("torch", "cpu", "triton", "cuda"))
+@pytest.mark.parametrize("history_dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("probs_dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize(("T", "q"), [(5, 37), (1, 3), (3, 1)])
+def test_record_then_uncertainty_equals_observe(backend, history_dtype, probs_dtype, T, q):
+    """record writes the ring and counts as observe does; the whole-matrix pass then gives the
+    U and bins observe left (observe itself is checked against the numpy oracle above)."""
+    device = "cuda" if backend == "cuda" else "cpu"
+    require_backend("record", backend, device)
+    gen = torch.Generator().manual_seed(T * 100 + q)
+    n = 40
+    observed = make_state(n, T, q, history_dtype, device)
+    history, seen = make_state(n, T, q, history_dtype, device)[:2]
+    for _ in range(T + 3):
+        idx = torch.randperm(n, generator=gen)[: n // 2]
+        probs = torch.rand(idx.numel(), q, generator=gen).to(probs_dtype)
+        probs[:, 0] = 1.0
+        idx, probs = idx.to(device), probs.to(device)
+        ubs.observe(*observed, idx, probs, backend="torch" if backend == "torch" else None)
+        ubs.record(history, seen, idx, probs, backend=backend)
+    assert torch.equal(seen, observed[1])
+    assert torch.equal(history, observed[0])
+    u, bins = ubs.uncertainty(history, seen, backend="torch" if backend == "torch" else None)
+    if backend in ("torch", "cpu"):  # the same row computation on both sides: the same bits
+        assert torch.equal(u, observed[2]) and torch.equal(bins, observed[3])
+    else:
+        torch.testing.assert_close(u, observed[2], rtol=0, atol=1e-6)
+        assert_bins_match(bins, observed[2].double().cpu().numpy(), 10)
+
+
+@pytest.mark.parametrize("backend", backend_params("torch", "cpu", "triton"))
+def test_record_empty_batch_and_int32_indices(backend):
+    require_backend("record", backend)
+    history, seen = make_state(6, 2, 3)[:2]
+    ubs.record(history, seen, torch.empty(0, dtype=torch.long), torch.empty(0, 3), backend=backend)
+    assert not history.any() and not seen.any()
+    probs = torch.rand(8, 3)[::2]  # a strided view
+    ubs.record(history, seen, torch.tensor([5, 0, 2, 3], dtype=torch.int32), probs, backend=backend)
+    assert seen.tolist() == [1, 0, 1, 1, 0, 1]
+    assert torch.equal(history[[5, 0, 2, 3], 0], probs.to(torch.float16))

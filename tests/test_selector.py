@@ -88,6 +88,32 @@ def test_selection_probabilities_match_an_independent_float64_pipeline():
     np.testing.assert_allclose(sel.sample_probabilities.double().numpy(), p, rtol=2e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("block_rows", [None, 7])  # one refresh block, or blocks of 7 rows
+def test_uncertainty_follows_every_observation(block_rows):
+    """U and bins, computed from the rings when read, against the numpy oracle of each sample's
+    own list of predictions; read mid-epoch and at epoch ends, in one block or in row blocks."""
+    from conftest import assert_bins_match, numpy_uncertainty
+
+    n, q, window, lam = 60, 9, 3, 0.3
+    sel = make(n, q, batch_size=16, window=window, lam=lam, bins=7)
+    if block_rows is not None:
+        sel._REFRESH_BLOCK_BYTES = 5 * q * block_rows
+    predictions = [[] for _ in range(n)]
+    for epoch in range(4):
+        for step, b in enumerate(sel):
+            probs = fake_probs(b, epoch, q)
+            sel.observe(b, probs)
+            for row, i in enumerate(b.tolist()):
+                predictions[i].append(probs[row].half().double().numpy())
+            if step % 3 == 1 or epoch == 3:
+                u = sel.uncertainty
+                for i, preds in enumerate(predictions):
+                    expected = numpy_uncertainty(preds, window, lam) if preds else np.zeros(q)
+                    np.testing.assert_allclose(u[i].numpy(), expected, rtol=0, atol=2e-6)
+                    assert_bins_match(sel._bins[i], expected, 7)
+    assert sel.seen.tolist() == [len(p) for p in predictions]
+
+
 def test_same_seed_same_batches_other_seed_other_batches():
     a, b, c = [], [], []
     run(make(), 5, 7, a)

@@ -277,6 +277,7 @@ def op_samples(device):
     ops = torch.ops.ubs_kernels
     return [
         (ops.observe_triton, (*state, idx, probs, 0.5, 10)),
+        (ops.record_triton, (history.clone(), seen.clone(), idx, probs)),
         (ops.uncertainty_triton, (history, seen, 0.5, 10)),
         (ops.label_mi_triton, (bins, 10, False)),
         (ops.label_mi_triton, (bins, 10, True)),

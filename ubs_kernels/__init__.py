@@ -22,6 +22,7 @@ from .ops import (
     available_backends,
     label_mi,
     observe,
+    record,
     resolve_backend,
     selection_log_probs,
     selection_pressure,
@@ -31,7 +32,7 @@ from .selector import BatchSelector, IndexedDataset, UncertaintyBatchSelector
 
 __version__ = "0.1.0"
 
-OPS = ("observe", "uncertainty", "label_mi", "selection_log_probs")
+OPS = ("observe", "record", "uncertainty", "label_mi", "selection_log_probs")
 
 __all__ = [
     "OPS",
@@ -47,6 +48,7 @@ __all__ = [
     "build_info",
     "label_mi",
     "observe",
+    "record",
     "resolve_backend",
     "selection_log_probs",
     "selection_pressure",

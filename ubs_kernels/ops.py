@@ -10,6 +10,7 @@ clear error and leaves the state untouched.
 Ops (equation numbers of Zhou et al., AAAI 2025):
 
 * :func:`observe` - one training step: history ring write, Eq. 1, 4, 5 and the bin, in place.
+* :func:`record` - the ring write of :func:`observe` alone (U later, by :func:`uncertainty`).
 * :func:`uncertainty` - Eq. 5 and the bins for all n rows from the history.
 * :func:`label_mi` - Eq. 6 for every label pair (or its row sums).
 * :func:`selection_log_probs` - Eq. 7-10 fused: ``log P`` of every sample.
@@ -32,7 +33,7 @@ NATIVE_BACKENDS = ("cpu", "cuda")  # the C++/CUDA kernels: they check their argu
 # Ops whose native kernels are registered under ubs_kernels::<name>; dispatch asks the
 # dispatcher whether this build has a kernel for the device at hand. The Triton kernels are
 # registered as ubs_kernels::<name>_triton by ubs_kernels.triton (torch.library.triton_op).
-_NATIVE_NAMES = {op: op for op in ("observe", "uncertainty", "label_mi", "selection_log_probs")}
+_NATIVE_NAMES = {op: op for op in ("observe", "record", "uncertainty", "label_mi", "selection_log_probs")}
 
 selection_pressure = reference.selection_pressure
 
@@ -155,6 +156,36 @@ def observe(
         _call("observe", chosen, history, seen, uncertainty, bins, indices.long(), probs, lam, tau)
 
 
+def record(
+    history: torch.Tensor,
+    seen: torch.Tensor,
+    indices: torch.Tensor,
+    probs: torch.Tensor,
+    backend: str | None = None,
+) -> None:
+    """The ring write and count of :func:`observe` without refreshing U and the bins.
+
+    For a caller that needs U only now and then (the selector, at each epoch boundary): record
+    every step, then :func:`uncertainty` gives exactly the U and bins that :func:`observe` would
+    have left for every observed sample (the same row computation). Arguments, checks and
+    errors as :func:`observe`; nothing is written when a check fails.
+    """
+    n, q = _checks.check_state(history, seen)
+    chosen = resolve_backend("record", history.device, backend)
+    values = chosen in ("torch", "triton") and not torch.compiler.is_compiling()
+    indices = _checks.check_indices(indices, n, history.device, values)
+    if values:
+        _checks.check_seen_at(seen, indices, n)
+    probs = _checks.check_probs(probs, indices.numel(), q, history.device, values).detach()
+    if indices.numel() == 0:
+        return
+    if chosen == "torch":
+        with torch.no_grad():
+            reference.record(history, seen, indices, probs)
+    else:
+        _call("record", chosen, history, seen, indices.long(), probs)
+
+
 def uncertainty(
     history: torch.Tensor, seen: torch.Tensor, lam: float = 0.5, tau: int = 10, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,6 +271,10 @@ if native_ops.loaded:
 
     @torch.library.register_fake("ubs_kernels::observe")
     def _observe_fake(history, seen, uncertainty, bins, indices, probs, lam, tau):
+        return None
+
+    @torch.library.register_fake("ubs_kernels::record")
+    def _record_fake(history, seen, indices, probs):
         return None
 
     @torch.library.register_fake("ubs_kernels::label_mi")

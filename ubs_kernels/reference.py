@@ -132,6 +132,15 @@ def observe(
     bins_out[idx] = to_bins(u, tau)
 
 
+def record(history: torch.Tensor, seen: torch.Tensor, indices: torch.Tensor, probs: torch.Tensor) -> None:
+    """The ring write and count of :func:`observe` alone (U and bins untouched). In place."""
+    T = history.shape[1]
+    idx = indices.long()
+    s = seen[idx]
+    history[idx, s.remainder(T)] = probs.to(history.dtype)
+    seen[idx] = s + 1
+
+
 def uncertainty(history: torch.Tensor, seen: torch.Tensor, lam: float = 0.5, tau: int = 10, dtype=torch.float32):
     """Whole-matrix variant: U (Eq. 5) and bins of all n rows from the history alone."""
     u = uncertainty_rows(history, seen, lam, dtype)

@@ -1,4 +1,6 @@
-// CPU kernel of ubs_kernels::observe: one training step (SPEC.md Eq. 1, 4, 5 and the bin).
+// CPU kernels of ubs_kernels::observe (one training step: SPEC.md Eq. 1, 4, 5 and the bin) and
+// ubs_kernels::record (the same step's ring write and count only; U and the bins are left to
+// the whole-matrix pass, which computes them with the same row kernel, so the bits agree).
 //
 // All arguments are checked before anything is written, so a bad call leaves the state as it
 // was. Rows of the batch are independent (indices are distinct) and processed in parallel;
@@ -18,8 +20,9 @@
 namespace ubs_kernels::cpu {
 namespace {
 
-void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Tensor& u,
-                const at::Tensor& bins, const at::Tensor& indices, const at::Tensor& probs,
+// u and bins are null for record (which has neither, nor lam and tau).
+void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Tensor* u,
+                const at::Tensor* bins, const at::Tensor& indices, const at::Tensor& probs,
                 double lam, int64_t tau) {
   TORCH_CHECK_VALUE(history.dim() == 3 && history.numel() > 0,
                     "history must have shape (n, T, q) with every size >= 1, got ",
@@ -30,17 +33,24 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
   TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
   TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == n, "seen must have shape (", n,
                     ",) to match history, got ", seen.sizes());
-  TORCH_CHECK_TYPE(u.scalar_type() == at::kFloat, "uncertainty must be float32, got ",
-                   u.scalar_type());
-  TORCH_CHECK_VALUE(u.dim() == 2 && u.size(0) == n && u.size(1) == q,
-                    "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
-                    u.sizes());
-  TORCH_CHECK_TYPE(bins.scalar_type() == at::kByte, "bins must be uint8, got ", bins.scalar_type());
-  TORCH_CHECK_VALUE(bins.dim() == 2 && bins.size(0) == n && bins.size(1) == q,
-                    "bins must have shape (", n, ", ", q, ") to match history, got ", bins.sizes());
-  TORCH_CHECK_VALUE(
-      history.is_contiguous() && seen.is_contiguous() && u.is_contiguous() && bins.is_contiguous(),
-      "history, seen, uncertainty and bins must be contiguous (written in place)");
+  if (u != nullptr) {
+    TORCH_CHECK_TYPE(u->scalar_type() == at::kFloat, "uncertainty must be float32, got ",
+                     u->scalar_type());
+    TORCH_CHECK_VALUE(u->dim() == 2 && u->size(0) == n && u->size(1) == q,
+                      "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
+                      u->sizes());
+    TORCH_CHECK_TYPE(bins->scalar_type() == at::kByte, "bins must be uint8, got ",
+                     bins->scalar_type());
+    TORCH_CHECK_VALUE(bins->dim() == 2 && bins->size(0) == n && bins->size(1) == q,
+                      "bins must have shape (", n, ", ", q, ") to match history, got ",
+                      bins->sizes());
+    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous() && u->is_contiguous() &&
+                          bins->is_contiguous(),
+                      "history, seen, uncertainty and bins must be contiguous (written in place)");
+  } else {
+    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous(),
+                      "history and seen must be contiguous (written in place)");
+  }
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
                    indices.scalar_type());
   TORCH_CHECK_VALUE(indices.dim() == 1, "indices must be 1-D, got shape ", indices.sizes());
@@ -50,13 +60,15 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
   TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(0) == b && probs.size(1) == q,
                     "probs must have shape (", b, ", ", q, ") (len(indices), num_labels), got ",
                     probs.sizes());
-  for (const at::Tensor* t : {&seen, &u, &bins, &indices, &probs}) {
-    TORCH_CHECK_VALUE(t->device() == history.device(),
+  for (const at::Tensor* t : {&seen, u, bins, &indices, &probs}) {
+    TORCH_CHECK_VALUE(t == nullptr || t->device() == history.device(),
                       "all tensors must be on the device of history (", history.device(), "), got ",
                       t->device());
   }
-  TORCH_CHECK_VALUE(lam >= 0.0 && lam <= 1.0, "lam must be in [0, 1], got ", lam);
-  TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
+  if (u != nullptr) {
+    TORCH_CHECK_VALUE(lam >= 0.0 && lam <= 1.0, "lam must be in [0, 1], got ", lam);
+    TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
+  }
 
   // Indices: in range and distinct (sorted copy; b is a batch, so this is cheap).
   const at::Tensor idx = indices.contiguous();
@@ -102,20 +114,19 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
       });
 }
 
-template <typename H, typename P>
-void observe_impl(at::Tensor& history, at::Tensor& seen, at::Tensor& u, at::Tensor& bins,
+// Refresh: observe (ring write, count, U and bins); without: record (ring write and count).
+template <bool Refresh, typename H, typename P>
+void observe_impl(at::Tensor& history, at::Tensor& seen, float* uu, uint8_t* bb,
                   const at::Tensor& indices, const at::Tensor& probs, double lam, int64_t tau) {
   const int64_t T = history.size(1), q = history.size(2), b = indices.size(0);
   H* hist = history.data_ptr<H>();
   int64_t* cnt = seen.data_ptr<int64_t>();
-  float* uu = u.data_ptr<float>();
-  uint8_t* bb = bins.data_ptr<uint8_t>();
   const int64_t* idx = indices.data_ptr<int64_t>();
   const P* pp = probs.data_ptr<P>();
   const RowKernels<H> kernels = row_kernels<H>();
   const RowParams params = make_row_params(lam, tau);
-  // Grain: enough rows that each task touches a few thousand values.
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, q * T));
+  // Grain: enough rows that each task touches a few thousand values (a record row touches q).
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Refresh ? q * T : q));
   at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
     // Probabilities that are not float32 go through float32 first (as the reference's
     // probs.to(history.dtype) does for float64 -> float16 too: c10::Half rounds from float).
@@ -132,31 +143,49 @@ void observe_impl(at::Tensor& history, at::Tensor& seen, at::Tensor& u, at::Tens
       }
       kernels.store(src, ring + (cnt[i] % T) * q, q);
       const int64_t count = ++cnt[i];
-      const H* next = r + 1 < end ? hist + idx[r + 1] * T * q : nullptr;
-      kernels.row(ring, T, q, count, params, uu + i * q, bb + i * q, next);
+      if constexpr (Refresh) {
+        const H* next = r + 1 < end ? hist + idx[r + 1] * T * q : nullptr;
+        kernels.row(ring, T, q, count, params, uu + i * q, bb + i * q, next);
+      }
     }
-    kernels.fence();
+    if constexpr (Refresh) kernels.fence();
   });
 }
 
-void observe_cpu(at::Tensor history, at::Tensor seen, at::Tensor uncertainty, at::Tensor bins,
-                 const at::Tensor& indices, const at::Tensor& probs, double lam, int64_t tau) {
-  check_args(history, seen, uncertainty, bins, indices, probs, lam, tau);
+template <bool Refresh>
+void dispatch(at::Tensor& history, at::Tensor& seen, float* u, uint8_t* bins,
+              const at::Tensor& indices, const at::Tensor& probs, double lam, int64_t tau) {
   if (indices.numel() == 0) return;
   const at::Tensor idx = indices.contiguous();
   const at::Tensor p = probs.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "observe_cpu", [&] {
     using P = scalar_t;
     if (history.scalar_type() == at::kHalf) {
-      observe_impl<at::Half, P>(history, seen, uncertainty, bins, idx, p, lam, tau);
+      observe_impl<Refresh, at::Half, P>(history, seen, u, bins, idx, p, lam, tau);
     } else {
-      observe_impl<float, P>(history, seen, uncertainty, bins, idx, p, lam, tau);
+      observe_impl<Refresh, float, P>(history, seen, u, bins, idx, p, lam, tau);
     }
   });
 }
 
+void observe_cpu(at::Tensor history, at::Tensor seen, at::Tensor uncertainty, at::Tensor bins,
+                 const at::Tensor& indices, const at::Tensor& probs, double lam, int64_t tau) {
+  check_args(history, seen, &uncertainty, &bins, indices, probs, lam, tau);
+  dispatch<true>(history, seen, uncertainty.data_ptr<float>(), bins.data_ptr<uint8_t>(), indices,
+                 probs, lam, tau);
+}
+
+void record_cpu(at::Tensor history, at::Tensor seen, const at::Tensor& indices,
+                const at::Tensor& probs) {
+  check_args(history, seen, nullptr, nullptr, indices, probs, 0.5, 10);
+  dispatch<false>(history, seen, nullptr, nullptr, indices, probs, 0.5, 10);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ubs_kernels, CPU, m) { m.impl("observe", &observe_cpu); }
+TORCH_LIBRARY_IMPL(ubs_kernels, CPU, m) {
+  m.impl("observe", &observe_cpu);
+  m.impl("record", &record_cpu);
+}
 
 }  // namespace ubs_kernels::cpu

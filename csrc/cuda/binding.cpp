@@ -68,21 +68,31 @@ void check_history_seen(const at::Tensor& history, const at::Tensor& seen, bool 
                     history.size(0), ",) to match history, got ", seen.sizes());
 }
 
-void observe_cuda(at::Tensor history, at::Tensor seen, at::Tensor uncertainty, at::Tensor bins,
-                  const at::Tensor& indices, const at::Tensor& probs, double lam, int64_t tau) {
+// observe (u and bins given) or record (u and bins null: ring write and count only).
+void observe_or_record(at::Tensor& history, at::Tensor& seen, at::Tensor* uncertainty,
+                       at::Tensor* bins, const at::Tensor& indices, const at::Tensor& probs,
+                       double lam, int64_t tau) {
   check_history_seen(history, seen, false);
   const int64_t n = history.size(0), T = history.size(1), q = history.size(2);
-  TORCH_CHECK_TYPE(uncertainty.scalar_type() == at::kFloat, "uncertainty must be float32, got ",
-                   uncertainty.scalar_type());
-  TORCH_CHECK_VALUE(uncertainty.dim() == 2 && uncertainty.size(0) == n && uncertainty.size(1) == q,
-                    "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
-                    uncertainty.sizes());
-  TORCH_CHECK_TYPE(bins.scalar_type() == at::kByte, "bins must be uint8, got ", bins.scalar_type());
-  TORCH_CHECK_VALUE(bins.dim() == 2 && bins.size(0) == n && bins.size(1) == q,
-                    "bins must have shape (", n, ", ", q, ") to match history, got ", bins.sizes());
-  TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous() &&
-                        uncertainty.is_contiguous() && bins.is_contiguous(),
-                    "history, seen, uncertainty and bins must be contiguous (written in place)");
+  if (uncertainty != nullptr) {
+    TORCH_CHECK_TYPE(uncertainty->scalar_type() == at::kFloat, "uncertainty must be float32, got ",
+                     uncertainty->scalar_type());
+    TORCH_CHECK_VALUE(
+        uncertainty->dim() == 2 && uncertainty->size(0) == n && uncertainty->size(1) == q,
+        "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
+        uncertainty->sizes());
+    TORCH_CHECK_TYPE(bins->scalar_type() == at::kByte, "bins must be uint8, got ",
+                     bins->scalar_type());
+    TORCH_CHECK_VALUE(bins->dim() == 2 && bins->size(0) == n && bins->size(1) == q,
+                      "bins must have shape (", n, ", ", q, ") to match history, got ",
+                      bins->sizes());
+    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous() &&
+                          uncertainty->is_contiguous() && bins->is_contiguous(),
+                      "history, seen, uncertainty and bins must be contiguous (written in place)");
+  } else {
+    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous(),
+                      "history and seen must be contiguous (written in place)");
+  }
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
                    indices.scalar_type());
   TORCH_CHECK_VALUE(indices.dim() == 1, "indices must be 1-D, got shape ", indices.sizes());
@@ -92,8 +102,12 @@ void observe_cuda(at::Tensor history, at::Tensor seen, at::Tensor uncertainty, a
   TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(0) == b && probs.size(1) == q,
                     "probs must have shape (", b, ", ", q, ") (len(indices), num_labels), got ",
                     probs.sizes());
-  check_same_device(history, {&seen, &uncertainty, &bins, &indices, &probs}, "history");
-  check_lam_tau(lam, tau);
+  if (uncertainty != nullptr) {
+    check_same_device(history, {&seen, uncertainty, bins, &indices, &probs}, "history");
+    check_lam_tau(lam, tau);
+  } else {
+    check_same_device(history, {&seen, &indices, &probs}, "history");
+  }
   TORCH_CHECK_VALUE(b <= INT32_MAX, "indices must have fewer than 2^31 entries, got ", b);
   if (b == 0) return;
 
@@ -106,8 +120,8 @@ void observe_cuda(at::Tensor history, at::Tensor seen, at::Tensor uncertainty, a
   ObserveArgs args{history.data_ptr(),
                    to_dtype(history.scalar_type()),
                    seen.data_ptr<int64_t>(),
-                   uncertainty.data_ptr<float>(),
-                   bins.data_ptr<uint8_t>(),
+                   uncertainty != nullptr ? uncertainty->data_ptr<float>() : nullptr,
+                   bins != nullptr ? bins->data_ptr<uint8_t>() : nullptr,
                    idx.data_ptr<int64_t>(),
                    p.data_ptr(),
                    to_dtype(p.scalar_type()),
@@ -137,6 +151,16 @@ void observe_cuda(at::Tensor history, at::Tensor seen, at::Tensor uncertainty, a
     TORCH_CHECK_VALUE(false, "probs must be finite and in [0, 1] (after sigmoid); probs[", e / q,
                       ", ", e % q, "] = ", p.view(-1)[e].item<double>());
   }
+}
+
+void observe_cuda(at::Tensor history, at::Tensor seen, at::Tensor uncertainty, at::Tensor bins,
+                  const at::Tensor& indices, const at::Tensor& probs, double lam, int64_t tau) {
+  observe_or_record(history, seen, &uncertainty, &bins, indices, probs, lam, tau);
+}
+
+void record_cuda(at::Tensor history, at::Tensor seen, const at::Tensor& indices,
+                 const at::Tensor& probs) {
+  observe_or_record(history, seen, nullptr, nullptr, indices, probs, 0.5, 10);
 }
 
 std::tuple<at::Tensor, at::Tensor> uncertainty_cuda(const at::Tensor& history,
@@ -219,6 +243,7 @@ at::Tensor selection_log_probs_cuda(const at::Tensor& uncertainty, const at::Ten
 
 TORCH_LIBRARY_IMPL(ubs_kernels, CUDA, m) {
   m.impl("observe", &observe_cuda);
+  m.impl("record", &record_cuda);
   m.impl("uncertainty", &uncertainty_cuda);
   m.impl("label_mi", &label_mi_cuda);
   m.impl("selection_log_probs", &selection_log_probs_cuda);

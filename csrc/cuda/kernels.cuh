@@ -27,8 +27,8 @@ struct ObserveArgs {
   void* history;  // (n, T, q) float16 or float32
   Dtype history_dtype;
   int64_t* seen;           // (n,)
-  float* uncertainty;      // (n, q)
-  uint8_t* bins;           // (n, q)
+  float* uncertainty;      // (n, q); null for record (no U or bins written)
+  uint8_t* bins;           // (n, q); null for record
   const int64_t* indices;  // (b,)
   const void* probs;       // (b, q)
   Dtype probs_dtype;
@@ -40,8 +40,9 @@ struct ObserveArgs {
 };
 
 // Checks indices and probs on the device, then (only if they passed) writes the ring slot
-// seen % T of each row, increments seen and refreshes those rows of U and bins. The host reads
-// `status` afterwards to raise the error; the state is untouched when any check failed.
+// seen % T of each row, increments seen and refreshes those rows of U and bins (record: with
+// uncertainty and bins null, the ring slot and seen only). The host reads `status` afterwards
+// to raise the error; the state is untouched when any check failed.
 cudaError_t launch_observe(const ObserveArgs& args, cudaStream_t stream);
 
 // ---- uncertainty (the whole-matrix pass: Eq. 1, 4, 5 and the bin for all n rows) ----------

@@ -1,4 +1,5 @@
-// CUDA kernels of ubs_kernels::observe: one training step (SPEC.md Eq. 1, 4, 5 and the bin).
+// CUDA kernels of ubs_kernels::observe (one training step: SPEC.md Eq. 1, 4, 5 and the bin) and
+// ubs_kernels::record (its ring write and count only, for a whole-matrix pass later).
 //
 // The op can be called through torch.ops directly, so it checks its data on the device: a
 // validation pass over indices and probs, a duplicate pass, and the update itself, which runs
@@ -62,8 +63,8 @@ __global__ void observe_duplicates_kernel(const int64_t* indices, int64_t b, int
 }
 
 // One block per batch row r: write probs[r] into ring slot seen % T of sample indices[r], then
-// recompute that sample's U and bins from the ring (V labels per thread and step).
-template <typename H, typename P, int V>
+// (Refresh) recompute that sample's U and bins from the ring (V labels per thread and step).
+template <typename H, typename P, int V, bool Refresh>
 __global__ void observe_kernel(H* history, int64_t* seen, float* uncertainty, uint8_t* bins,
                                const int64_t* indices, const P* probs, int64_t T, int64_t q,
                                RowParams params, const unsigned long long* status) {
@@ -81,11 +82,13 @@ __global__ void observe_kernel(H* history, int64_t* seen, float* uncertainty, ui
 #pragma unroll
     for (int v = 0; v < V; ++v) h.v[v] = ToHistory<H>::convert(p.v[v]);
     store_vec(slot + j, h);  // read back below by this same thread, as stored (rounded)
-    Vec<float, V> u;
-    Vec<uint8_t, V> bb;
-    uncertainty_vec<H, V>(ring + j, T, q, count, params, u.v, bb.v);
-    store_vec(uncertainty + i * q + j, u);
-    store_vec(bins + i * q + j, bb);
+    if constexpr (Refresh) {
+      Vec<float, V> u;
+      Vec<uint8_t, V> bb;
+      uncertainty_vec<H, V>(ring + j, T, q, count, params, u.v, bb.v);
+      store_vec(uncertainty + i * q + j, u);
+      store_vec(bins + i * q + j, bb);
+    }
   }
   __syncthreads();  // every thread has read seen[i] before it changes
   if (threadIdx.x == 0) seen[i] = count;
@@ -112,20 +115,27 @@ cudaError_t observe_typed(const ObserveArgs& a, cudaStream_t stream) {
 
   auto* history = static_cast<H*>(a.history);
   const RowParams params = make_row_params(a.lam, a.tau);
+  const bool refresh = a.uncertainty != nullptr;
   const bool vec4 = a.q % 4 == 0 && is_aligned(history, 4 * sizeof(H)) &&
-                    is_aligned(probs, 4 * sizeof(P)) && is_aligned(a.uncertainty, 16) &&
-                    is_aligned(a.bins, 4);
+                    is_aligned(probs, 4 * sizeof(P)) &&
+                    (!refresh || (is_aligned(a.uncertainty, 16) && is_aligned(a.bins, 4)));
   const int V = vec4 ? 4 : 1;
   const int64_t per_row = (a.q + V - 1) / V;
   const int threads =
       static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, (per_row + 31) / 32 * 32)));
   const dim3 grid(static_cast<unsigned>(a.b));
-  if (vec4) {
-    observe_kernel<H, P, 4><<<grid, threads, 0, stream>>>(
+  if (vec4 && refresh) {
+    observe_kernel<H, P, 4, true><<<grid, threads, 0, stream>>>(
         history, a.seen, a.uncertainty, a.bins, a.indices, probs, a.T, a.q, params, status);
+  } else if (refresh) {
+    observe_kernel<H, P, 1, true><<<grid, threads, 0, stream>>>(
+        history, a.seen, a.uncertainty, a.bins, a.indices, probs, a.T, a.q, params, status);
+  } else if (vec4) {
+    observe_kernel<H, P, 4, false><<<grid, threads, 0, stream>>>(
+        history, a.seen, nullptr, nullptr, a.indices, probs, a.T, a.q, params, status);
   } else {
-    observe_kernel<H, P, 1><<<grid, threads, 0, stream>>>(
-        history, a.seen, a.uncertainty, a.bins, a.indices, probs, a.T, a.q, params, status);
+    observe_kernel<H, P, 1, false><<<grid, threads, 0, stream>>>(
+        history, a.seen, nullptr, nullptr, a.indices, probs, a.T, a.q, params, status);
   }
   return cudaGetLastError();
 }

@@ -25,7 +25,7 @@ ERROR: str | None = None
 try:
     from . import label_mi, observe, selection_log_probs, uncertainty  # noqa: F401  (registers the ops)
 
-    OPS = ("observe", "uncertainty", "label_mi", "selection_log_probs")
+    OPS = ("observe", "record", "uncertainty", "label_mi", "selection_log_probs")
 except Exception as exc:  # no triton, a torch without torch.library.triton_op, a broken install
     ERROR = f"Triton kernels unavailable: {type(exc).__name__}: {exc}"
     log.info("ubs_kernels: %s; the triton backend is off", ERROR)

@@ -1,4 +1,5 @@
-"""Triton per-step ``observe`` pass: history ring write, Eq. 1, 4, 5 and the bin for the batch rows.
+"""Triton per-step ``observe`` pass: history ring write, Eq. 1, 4, 5 and the bin for the batch rows,
+and ``record``, its ring write and count alone (U and the bins left to the whole-matrix pass).
 
 For each batch row r with sample ``i = indices[r]`` and ``s = seen[i]``: the probabilities are
 rounded to the history dtype and written to ring slot ``s % T``, then U and the bin of row i are
@@ -59,6 +60,17 @@ def _observe_rows_kernel(
 
 
 @triton.jit
+def _record_rows_kernel(history, seen, indices, probs, stride_pr, stride_pq, q, T: tl.constexpr, BLOCK_Q: tl.constexpr):
+    r = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mask = cols < q
+    i = tl.load(indices + r)
+    s = tl.load(seen + i)
+    p = tl.load(probs + r.to(tl.int64) * stride_pr + cols * stride_pq, mask=mask, other=0.0)
+    tl.store(history + i * (T * q) + (s % T) * q + cols, p.to(history.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _increment_seen_kernel(seen, indices, b, BLOCK: tl.constexpr):
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = r < b
@@ -103,5 +115,20 @@ def observe_triton(
         ALIGN=alignment(q),
         BLOCK_Q=block_q,
         num_warps=4,
+    )
+    wrap_triton(_increment_seen_kernel)[(triton.cdiv(b, 1024),)](seen, indices, b, BLOCK=1024)
+
+
+@triton_op("ubs_kernels::record_triton", mutates_args={"history", "seen"})
+def record_triton(history: torch.Tensor, seen: torch.Tensor, indices: torch.Tensor, probs: torch.Tensor) -> None:
+    b = indices.shape[0]
+    _, T, q = history.shape
+    if b == 0 or q == 0:
+        return
+    if probs.dtype == torch.float64:
+        probs = probs.to(history.dtype)  # through float32, as observe_triton (and torch) round it
+    block_q = min(triton.next_power_of_2(q), 1024)
+    wrap_triton(_record_rows_kernel)[(b, triton.cdiv(q, block_q))](
+        history, seen, indices, probs, probs.stride(0), probs.stride(1), q, T=T, BLOCK_Q=block_q, num_warps=4
     )
     wrap_triton(_increment_seen_kernel)[(triton.cdiv(b, 1024),)](seen, indices, b, BLOCK=1024)
