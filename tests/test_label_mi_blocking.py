@@ -77,3 +77,44 @@ def test_few_bins_tiles_span_label_pairs(monkeypatch, occupancy):
         sums[isa] = ubs.label_mi(bins, 10, rowsum=True, backend="cpu")
         np.testing.assert_allclose(sums[isa].double().numpy(), expected.sum(1), rtol=1e-5, atol=1e-5)
     assert torch.equal(sums["avx512"], sums["popcnt"]) and torch.equal(sums["popcnt"], sums["portable"])
+
+
+def _bins_with_rare(n: int, q: int, tau: int, seed: int) -> torch.Tensor:
+    """Per label: a dominant bin, one or two bins of hundreds of samples, and rare bins of 1 to
+    60 samples (7 of them, or 197 when tau > 70; some labels constant, some with only rare bins
+    besides the dominant one)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 1 << 30, n)
+    cols = []
+    for j in range(q):
+        order = rng.permutation(tau)
+        col = np.full(n, order[0])
+        if j % 11 != 0:  # every 11th label is constant
+            start = 0
+            for k in range(1, min(tau, 9 if tau <= 70 else 200)):
+                size = int(rng.integers(300, 900)) if k <= j % 3 else int(rng.integers(1, 61))
+                pick = (base + j * 7919 + start) % n if k == 1 else rng.integers(0, n, size)
+                col[np.sort(np.unique(pick))[:size] if k == 1 else pick] = order[k]
+                start += size
+        cols.append(col)
+    return torch.as_tensor(np.stack(cols, axis=1), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize(("n", "q", "tau"), [(8000, 70, 10), (8000, 70, 70), (3000, 40, 256)])
+def test_rare_bins_counted_from_rows(monkeypatch, n, q, tau):
+    """Bins of at most a few dozen samples are counted from their samples' rows, not ANDed as
+    bitsets (the cost model makes them sparse at these sizes): mixed with dense bins, byte
+    tables of tau x 128 labels (q = 70 pads to 128), tau > 64 (the scalar row scan on every
+    path), and at tau = 256 more rare bins than the tables' memory cap admits (the smallest
+    stay sparse). Every path equals sklearn; row sums are the same bits on every path."""
+    require_backend("label_mi", "cpu")
+    bins = _bins_with_rare(n, q, tau, seed=q + tau)
+    expected = sklearn_matrix(bins)
+    sums = {}
+    for isa in ("avx512", "popcnt", "portable"):
+        monkeypatch.setenv("UBS_CPU_ISA", isa)
+        got = ubs.label_mi(bins, tau, backend="cpu").double().numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=isa)
+        sums[isa] = ubs.label_mi(bins, tau, rowsum=True, backend="cpu")
+        np.testing.assert_allclose(sums[isa].double().numpy(), expected.sum(1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(sums["avx512"], sums["popcnt"]) and torch.equal(sums["popcnt"], sums["portable"])

@@ -10,6 +10,11 @@
 // Cache blocking: labels go in blocks whose bitsets fit in L2, and all pairs of two blocks
 // are done together, so a block is read from memory once per block pair, not once per pair
 // (at q = 1000 the bitsets are 23 MB).
+//
+// Rare bins: a bin holding few samples (late in training most labels have a few) is cheaper
+// to count from its samples' rows than with a bitset ANDed against every other label's; such
+// "sparse" bins get byte tables of their samples' bins of every label instead of a bitset (see
+// the cost model where Da is set).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -31,6 +36,9 @@ using label_mi_tiles::Tiles;
 
 constexpr int64_t kBlockBytes = 384 << 10;  // bitsets of one label block: stays in L2
 constexpr int64_t kMaxChunks = 64;          // work units, and row-sum partials (fixed order)
+constexpr int64_t kSparseTableBytes = 32 << 20;
+constexpr int64_t kStripRows = 12;  // dense bitsets of one strip of labels (label_mi_cpu)  //
+                                    // row-scan tables of the sparse names, at most
 
 inline double xlogx(int64_t c) {
   return c > 0 ? static_cast<double>(c) * std::log(static_cast<double>(c)) : 0.0;
@@ -91,51 +99,136 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
   // MI does not change when a label's bins are renamed or its empty bins dropped, and U is
   // usually concentrated in a few bins (the demo MLP at Corel5k size: 5-7 of 10 per label while
   // it trains, 2-4 once its predictions settle).
-  // So each label's occupied bins are renamed 0, 1, ..., its most populated bin gets the last
-  // name Ka (the derived one, never stored), and label a keeps Ka = occupancy - 1 bitsets (one
-  // empty bitset for a constant label): a pair costs Ka * Kb bitset ANDs, not (tau - 1)^2.
-  // te = the largest occupancy (at least 2) sizes the per-label scratch.
+  // So each label's occupied bins are renamed 0, 1, ... by decreasing count, its most populated
+  // bin gets the last name Ka (the derived one, never stored), and label a keeps Ka =
+  // occupancy - 1 stored names (one phantom name of count 0 for a constant label): a pair costs
+  // Ka * Kb joint counts, not (tau - 1)^2. te = the largest occupancy (at least 2) sizes the
+  // per-label scratch.
   std::vector<int64_t> Ka(static_cast<size_t>(q));
   int64_t te = 2;
-  std::vector<uint8_t> rename(static_cast<size_t>(q * tau), 0);
   std::vector<uint8_t> orig(static_cast<size_t>(q * tau), 0);  // name -> bin
+  std::vector<int64_t> hist(static_cast<size_t>(q * tau), 0);  // hist[a * te + name], below
+  std::vector<int64_t> order(static_cast<size_t>(tau));
   for (int64_t a = 0; a < q; ++a) {
     const int64_t* h = &counts[a * slots];
     const int64_t occupied = std::count_if(h, h + tau, [](int64_t c) { return c > 0; });
     Ka[a] = std::max<int64_t>(occupied - 1, 1);
     te = std::max(te, occupied);
-    const int64_t top = std::max_element(h, h + tau) - h;
-    int64_t next = 0;
-    for (int64_t v = 0; v < tau; ++v) {
-      if (h[v] > 0 && v != top) {
-        orig[a * tau + next] = static_cast<uint8_t>(v);
-        rename[a * tau + v] = static_cast<uint8_t>(next++);
+    for (int64_t v = 0; v < tau; ++v) order[v] = v;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return h[x] > h[y]; });
+    // order[0] is the top bin; names 0 .. Ka-1 are order[1 ..] (an empty bin for the phantom).
+    for (int64_t k = 0; k < Ka[a]; ++k) orig[a * tau + k] = static_cast<uint8_t>(order[k + 1]);
+  }
+  for (int64_t a = 0; a < q; ++a) {
+    int64_t rest = n;
+    for (int64_t k = 0; k < Ka[a]; ++k) {
+      hist[a * te + k] = counts[a * slots + orig[a * tau + k]];
+      rest -= hist[a * te + k];
+    }
+    hist[a * te + Ka[a]] = rest;
+  }
+  std::vector<double> marginal_xlogx(static_cast<size_t>(q), 0.0);
+  for (int64_t a = 0; a < q; ++a) {
+    for (int64_t k = 0; k <= Ka[a]; ++k) marginal_xlogx[a] += xlogx(hist[a * te + k]);
+  }
+
+  // Dense and sparse names. A stored name costs one bitset AND per stored name of every other
+  // label, Wp / 8 vector steps each (D_total * Wp / 8 in all); counted instead from its samples'
+  // rows (a row scan: tau compares per 64 labels per sample, label_mi_prep.h) it costs about
+  // 4 count * tau * ceil(q / 64) steps (the 4 measured on the training-run bins of
+  // bench_selector.py) plus a table lookup per joint count. So names holding at most S samples
+  // are sparse, S the count (at most 255: byte counters) of least estimated total cost, and
+  // fewer if the tables would take more than kSparseTableBytes (tau * qp bytes per name). Names are
+  // in decreasing count, so label a's dense names are 0 .. Da - 1. With U spread over all bins
+  // (every count near n / tau) no name is sparse and this is the all-bitset kernel. On the demo
+  // MLP's bins at 5000 x 374 this took label_mi from 9.8 to 8.0 ms early in training (1336 of 2126
+  // names dense) and from 6.3 to 4.8 ms a few epochs later (2 threads).
+  const int64_t qp = (q + 63) / 64 * 64;
+  std::vector<int64_t> Da(Ka);
+  {
+    // S = the count threshold of least estimated cost, over the distinct counts <= 255.
+    std::vector<int64_t> small;
+    int64_t dense = 0;
+    for (int64_t a = 0; a < q; ++a) {
+      dense += Ka[a];
+      for (int64_t k = 0; k < Ka[a]; ++k) {
+        if (hist[a * te + k] <= 255) small.push_back(hist[a * te + k]);
       }
     }
-    rename[a * tau + top] = static_cast<uint8_t>(Ka[a]);
+    std::sort(small.begin(), small.end());
+    const double per_word = static_cast<double>(Wp / kLanes);
+    const double per_sample = static_cast<double>(tau) * (qp / 64) * 4.0;
+    auto cost = [&](double d, double samples, double names) {
+      return 0.5 * d * d * per_word + samples * per_sample + names * d;
+    };
+    double samples = 0.0, names = 0.0, best = cost(static_cast<double>(dense), 0.0, 0.0);
+    int64_t S = -1;
+    for (size_t i = 0; i < small.size();) {
+      size_t j = i;
+      while (j < small.size() && small[j] == small[i]) ++j;
+      dense -= static_cast<int64_t>(j - i);
+      samples += static_cast<double>(small[i]) * static_cast<double>(j - i);
+      names += static_cast<double>(j - i);
+      const double c = cost(static_cast<double>(dense), samples, names);
+      if (c < best) {
+        best = c;
+        S = small[i];
+      }
+      i = j;
+    }
+    for (int64_t a = 0; a < q; ++a) {
+      while (Da[a] > 0 && hist[a * te + Da[a] - 1] <= S) --Da[a];
+    }
+    int64_t sparse_names = 0;
+    for (int64_t a = 0; a < q; ++a) sparse_names += Ka[a] - Da[a];
+    const int64_t budget = kSparseTableBytes / std::max<int64_t>(1, tau * qp);
+    if (sparse_names > budget) {  // keep the smallest names sparse (a suffix of each label)
+      std::vector<int64_t> c;
+      for (int64_t a = 0; a < q; ++a) {
+        for (int64_t k = Da[a]; k < Ka[a]; ++k) c.push_back(hist[a * te + k]);
+      }
+      std::nth_element(c.begin(), c.begin() + budget, c.end());
+      const int64_t cut = c[budget] - 1;  // counts <= cut stay sparse: at most budget names
+      for (int64_t a = 0; a < q; ++a) {
+        while (Da[a] < Ka[a] && hist[a * te + Da[a]] > cut) ++Da[a];
+      }
+    }
   }
-  // Labels stored in order of decreasing Ka (stable): labels with equal Ka are neighbours, so
-  // one register tile can span several pairs. Position p holds label perm[p], whose bitsets
-  // are rows off[p] .. off[p] + Ka - 1.
+  // Sparse name k >= Da of label a has table tables[(soff[a] + k - Da) * tau * qp ..].
+  std::vector<int64_t> soff(static_cast<size_t>(q + 1), 0);
+  for (int64_t a = 0; a < q; ++a) soff[a + 1] = soff[a] + Ka[a] - Da[a];
+
+  // Labels stored in order of decreasing Da (stable): labels with equal Da are neighbours, so
+  // one register tile can span several pairs. Position p holds label perm[p], whose dense
+  // bitsets are rows off[p] .. off[p] + Da - 1.
   std::vector<int64_t> perm(static_cast<size_t>(q)), pos(static_cast<size_t>(q));
   std::vector<int64_t> off(static_cast<size_t>(q + 1), 0);
   for (int64_t a = 0; a < q; ++a) perm[a] = a;
-  std::stable_sort(perm.begin(), perm.end(), [&](int64_t x, int64_t y) { return Ka[x] > Ka[y]; });
+  std::stable_sort(perm.begin(), perm.end(), [&](int64_t x, int64_t y) { return Da[x] > Da[y]; });
   for (int64_t p = 0; p < q; ++p) {
     pos[perm[p]] = p;
-    off[p + 1] = off[p] + Ka[perm[p]];
+    off[p + 1] = off[p] + Da[perm[p]];
   }
-  const int64_t K = Ka[perm[0]];  // the most bitsets of any label
+  const int64_t K = std::max<int64_t>(1, Da[perm[0]]);  // the most dense bitsets of any label
   const Tiles tiles = label_mi_tiles::choose_tiles();
 
-  // Bitsets bits[(off[pos[a]] + k) * Wp + w] of the renamed bins, every word written once (no
-  // zeroing pass). AVX-512BW: compares and a bit transpose (label_mi_prep.h). Portable: per
-  // word w and block of labels, the 64 samples' bits are set in a small buffer (te words per
-  // label, so no branch on the derived bin) that stays in L1. at::empty: 64-byte aligned, and
-  // Wp is a multiple of 8 words, so every row is aligned.
-  at::Tensor storage = at::empty({off[q] * Wp}, bins.options().dtype(at::kLong));
+  // Bitsets of the renamed bins, every word written once (no zeroing pass): dense names at
+  // bits[(off[pos[a]] + k) * Wp + w], sparse ones at sbits[(soff[a] + k - Da) * Wp + w] (only
+  // read to list their samples). AVX-512BW: compares and a bit transpose (label_mi_prep.h).
+  // Portable: per word w and block of labels, the 64 samples' bits are set in a small buffer
+  // (te words per label, so no branch on the derived bin) that stays in L1. at::empty: 64-byte
+  // aligned, and Wp is a multiple of 8 words, so every row is aligned.
+  at::Tensor storage = at::empty({(off[q] + soff[q]) * Wp}, bins.options().dtype(at::kLong));
   auto* bits = reinterpret_cast<uint64_t*>(storage.data_ptr<int64_t>());
+  uint64_t* sbits = bits + off[q] * Wp;
   advise_huge_pages(bits, storage.nbytes());
+  auto put = [&](int64_t a, int64_t k, int64_t w, uint64_t word) {
+    if (k < Da[a]) {
+      bits[(off[pos[a]] + k) * Wp + w] = word;
+    } else {
+      sbits[(soff[a] + k - Da[a]) * Wp + w] = word;
+    }
+  };
   if (simd) {
 #ifdef UBS_PREP_X86
     at::parallel_for(0, Wp, 1, [&](int64_t w0, int64_t w1) {
@@ -145,14 +238,19 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
           label_mi_prep::bitset_words_avx512(
               bp, n, q, w, a0, m, tau, orig.data(), *std::max_element(&Ka[a0], &Ka[a0] + m),
               [&](int64_t a) { return Ka[a]; },
-              [&](int64_t a, int64_t k, uint64_t word) {
-                bits[(off[pos[a]] + k) * Wp + w] = word;
-              });
+              [&](int64_t a, int64_t k, uint64_t word) { put(a, k, w, word); });
         }
       }
     });
 #endif
   } else {
+    std::vector<uint8_t> rename(static_cast<size_t>(q * tau), 0);  // bin -> name (top: Ka)
+    for (int64_t a = 0; a < q; ++a) {
+      for (int64_t v = 0; v < tau; ++v) rename[a * tau + v] = static_cast<uint8_t>(Ka[a]);
+      for (int64_t k = Ka[a] - 1; k >= 0; --k) {
+        if (hist[a * te + k] > 0) rename[a * tau + orig[a * tau + k]] = static_cast<uint8_t>(k);
+      }
+    }
     const int64_t label_block = std::max<int64_t>(1, 2048 / te);
     at::parallel_for(0, Wp, 1, [&](int64_t w0, int64_t w1) {
       std::vector<uint64_t> word(static_cast<size_t>(label_block * te));
@@ -167,29 +265,41 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
             for (int64_t a = 0; a < m; ++a) word[a * te + name[a * tau + row[a]]] |= bit;
           }
           for (int64_t a = 0; a < m; ++a) {
-            uint64_t* dst = bits + off[pos[a0 + a]] * Wp + w;
-            for (int64_t k = 0; k < Ka[a0 + a]; ++k) dst[k * Wp] = word[a * te + k];
+            for (int64_t k = 0; k < Ka[a0 + a]; ++k) put(a0 + a, k, w, word[a * te + k]);
           }
         }
       }
     });
   }
-  // Marginals hist[a * te + k], k <= Ka (the last one derived).
-  std::vector<int64_t> hist(static_cast<size_t>(q * te), 0);
-  at::parallel_for(0, q, 16, [&](int64_t a0, int64_t a1) {
+
+  // Row scans of the sparse names: tables[(soff[a] + k - Da) * tau * qp + v * qp + b] = the
+  // samples of label a's name k whose bin of label b is v (byte counts: at most 255 samples).
+  const int64_t table = tau * qp;
+  at::Tensor table_storage = at::zeros({soff[q] * table}, bins.options());
+  uint8_t* tables = table_storage.data_ptr<uint8_t>();
+#ifdef UBS_PREP_X86
+  const bool simd_scan = simd && tau <= 64;
+#endif
+  at::parallel_for(0, q, 1, [&](int64_t a0, int64_t a1) {
     for (int64_t a = a0; a < a1; ++a) {
-      int64_t rest = n;
-      for (int64_t k = 0; k < Ka[a]; ++k) {
-        hist[a * te + k] = tiles.count(bits + (off[pos[a]] + k) * Wp, Wp);
-        rest -= hist[a * te + k];
+      for (int64_t k = Da[a]; k < Ka[a]; ++k) {
+        const uint64_t* row = sbits + (soff[a] + k - Da[a]) * Wp;
+        uint8_t* t = tables + (soff[a] + k - Da[a]) * table;
+        for (int64_t w = 0; w < W; ++w) {
+          for (uint64_t word = row[w]; word != 0; word &= word - 1) {
+            const uint8_t* sample = bp + (w * 64 + __builtin_ctzll(word)) * q;
+#ifdef UBS_PREP_X86
+            if (simd_scan) {
+              label_mi_prep::scan_row_avx512(sample, q, qp, tau, t);
+              continue;
+            }
+#endif
+            label_mi_prep::scan_row_portable(sample, q, qp, t);
+          }
+        }
       }
-      hist[a * te + Ka[a]] = rest;
     }
   });
-  std::vector<double> marginal_xlogx(static_cast<size_t>(q), 0.0);
-  for (int64_t a = 0; a < q; ++a) {
-    for (int64_t k = 0; k <= Ka[a]; ++k) marginal_xlogx[a] += xlogx(hist[a * te + k]);
-  }
 
   // Blocks of positions whose bitsets fit kBlockBytes (sized for the most bitsets per label;
   // at least 8 blocks, so there is work to share), and block pairs I <= J in order, with the
@@ -225,8 +335,11 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
   std::vector<double> partial(rowsum ? chunks * q : 0, 0.0);
   const int64_t R = tiles.rows, C = tiles.cols;
 
+  const int64_t Kmax = *std::max_element(Ka.begin(), Ka.end());
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<int64_t> c(static_cast<size_t>(std::max(R * C, K * K)));
+    // Joint counts of one strip against one block: at most max(kStripRows, K) x lb * K.
+    std::vector<int64_t> c(static_cast<size_t>(std::max(kStripRows, K) * lb * K));
+    std::vector<int64_t> full(static_cast<size_t>(Kmax * Kmax));
     // MI of labels a and b from their ka x kb joint counts cab[k * ldo + l]: the table is
     // completed with the marginals (last row and column). One partial sum per row, so the adds
     // are short independent chains.
@@ -256,51 +369,63 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
       const double mi = n > 0 ? (joint - marginal_xlogx[a] - marginal_xlogx[b]) / N + lnN : 0.0;
       return mi > 0.0 ? mi : 0.0;  // rounding can leave a true zero slightly negative
     };
-    // The end of a group of neighbours with Ka == k from p: at most g of them, before end.
-    auto group_end = [&](int64_t p, int64_t end, int64_t g, int64_t k) {
-      int64_t e = p + 1;
-      while (e < end && e - p < g && Ka[perm[e]] == k) ++e;
-      return e;
+    // The Ka x Kb table of a pair with sparse names: dense x dense counts from the tile
+    // (cab, ldo), the rest from the row-scan tables of the sparse name's label.
+    auto full_table = [&](int64_t a, int64_t b, const int64_t* cab, int64_t ldo) {
+      const int64_t ka = Ka[a], kb = Ka[b], da = Da[a], db = Da[b];
+      for (int64_t k = 0; k < ka; ++k) {
+        int64_t* dst = &full[k * kb];
+        if (k < da) {
+          for (int64_t l = 0; l < db; ++l) dst[l] = cab[k * ldo + l];
+          for (int64_t l = db; l < kb; ++l) {  // b's sparse name l: its samples' bins of a
+            dst[l] = tables[(soff[b] + l - db) * table + orig[a * tau + k] * qp + a];
+          }
+        } else {  // a's sparse name k: its samples' bins of b
+          const uint8_t* t = tables + (soff[a] + k - da) * table + b;
+          for (int64_t l = 0; l < kb; ++l) dst[l] = t[orig[b * tau + l] * qp];
+        }
+      }
+      return full.data();
     };
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       double* local = rowsum ? &partial[chunk * q] : nullptr;
       for (int64_t t = chunk_begin[chunk]; t < chunk_begin[chunk + 1]; ++t) {
         const auto [I, J] = block_pairs[t];
         const int64_t a_end = std::min(q, I * lb + lb), b_end = std::min(q, J * lb + lb);
-        // Groups of ga labels (positions pa0 .. pa1) against groups of gb: one tile when their
-        // bitsets fit it, else tiles over one pair. Pairs are visited a, then b, ascending by
-        // position whatever the group sizes, so row sums do not depend on the instruction set.
+        // Strips of consecutive labels of block I (at most kStripRows dense bitsets, or one
+        // label) against the labels of block J after them. The dense bitsets of consecutive
+        // positions are consecutive rows, so the strip's rows times J's rows is one matrix of
+        // joint counts, computed in full-size register tiles whatever each label's Da; then
+        // the pairs are visited a, then b, ascending by position. Strips depend on Da only, so
+        // the row sums do not depend on the instruction set.
         for (int64_t pa0 = I * lb, pa1; pa0 < a_end; pa0 = pa1) {
-          const int64_t ka = Ka[perm[pa0]];
-          pa1 = group_end(pa0, a_end, ka <= R ? R / ka : 1, ka);
+          pa1 = pa0 + 1;
+          while (pa1 < a_end && off[pa1 + 1] - off[pa0] <= kStripRows) ++pa1;
+          const int64_t pb0 = std::max(J * lb, pa0 + 1);
+          if (pb0 >= b_end) continue;
+          const int64_t rows = off[pa1] - off[pa0], cols = off[b_end] - off[pb0];
           const uint64_t* A = bits + off[pa0] * Wp;
-          // On the diagonal block b starts after pa0: pairs with b <= a are computed, dropped.
-          for (int64_t pb0 = std::max(J * lb, pa0 + 1), pb1; pb0 < b_end; pb0 = pb1) {
-            const int64_t kb = Ka[perm[pb0]];
-            const bool grouped = ka <= R && kb <= C;
-            pb1 = group_end(pb0, b_end, grouped ? C / kb : 1, kb);
-            const uint64_t* B = bits + off[pb0] * Wp;
-            const int64_t ldo = (pb1 - pb0) * kb;
-            if (grouped) {
-              tiles.tile((pa1 - pa0) * ka, ldo)(A, B, Wp, ldo, c.data());
-            } else {
-              label_mi_tiles::split(ka, R, [&](int64_t r, int64_t nr) {
-                label_mi_tiles::split(kb, C, [&](int64_t col, int64_t nc) {
-                  tiles.tile(nr, nc)(A + r * Wp, B + col * Wp, Wp, ldo, &c[r * ldo + col]);
-                });
-              });
+          const uint64_t* B = bits + off[pb0] * Wp;
+          for (int64_t r = 0; r < rows; r += R) {
+            for (int64_t col = 0; col < cols; col += C) {
+              tiles.tile(std::min(R, rows - r), std::min(C, cols - col))(
+                  A + r * Wp, B + col * Wp, Wp, cols, &c[r * cols + col]);
             }
-            for (int64_t pa = pa0; pa < pa1; ++pa) {
-              for (int64_t pb = std::max(pb0, pa + 1); pb < pb1; ++pb) {
-                const int64_t a = perm[pa], b = perm[pb];
-                const double mi =
-                    pair_mi(a, b, ka, kb, &c[(pa - pa0) * ka * ldo + (pb - pb0) * kb], ldo);
-                if (rowsum) {
-                  local[a] += mi;
-                  local[b] += mi;
-                } else {
-                  op[a * q + b] = op[b * q + a] = static_cast<float>(mi);
-                }
+          }
+          for (int64_t pa = pa0; pa < pa1; ++pa) {
+            const int64_t a = perm[pa];
+            for (int64_t pb = std::max(pb0, pa + 1); pb < b_end; ++pb) {
+              const int64_t b = perm[pb];
+              const int64_t* cab = &c[(off[pa] - off[pa0]) * cols + (off[pb] - off[pb0])];
+              const double mi =
+                  Ka[a] == Da[a] && Ka[b] == Da[b]
+                      ? pair_mi(a, b, Ka[a], Ka[b], cab, cols)
+                      : pair_mi(a, b, Ka[a], Ka[b], full_table(a, b, cab, cols), Ka[b]);
+              if (rowsum) {
+                local[a] += mi;
+                local[b] += mi;
+              } else {
+                op[a * q + b] = op[b * q + a] = static_cast<float>(mi);
               }
             }
           }

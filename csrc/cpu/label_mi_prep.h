@@ -10,6 +10,10 @@
 // Bitsets (AVX-512BW): for 64 samples (one word) and 64 labels, comparing each sample's row
 // with the per-label original bin of stored name k gives a 64-bit mask over labels per sample;
 // a 64 x 64 bit transpose turns those into one word over samples per label.
+//
+// Row scans (sparse bins): for each sample of a rare bin of label a, the sample's whole row
+// adds one to table[v * ld + b] for every label b (v = its bin of b): byte counters, since a
+// rare bin holds at most 255 samples. AVX-512BW: a compare per bin value and 64 labels.
 #pragma once
 
 #include <algorithm>
@@ -50,6 +54,11 @@ inline void transpose64(uint64_t* x) {
   }
 }
 
+// table[v * ld + b] += 1 where v = row[b], for b < q (portable).
+inline void scan_row_portable(const uint8_t* row, int64_t q, int64_t ld, uint8_t* table) {
+  for (int64_t b = 0; b < q; ++b) ++table[row[b] * ld + b];
+}
+
 #ifdef UBS_PREP_X86
 inline bool avx512bw() {
   return isa_cap() >= Isa::kAvx512 && __builtin_cpu_supports("avx512f") &&
@@ -88,6 +97,24 @@ __attribute__((target("avx512f,avx512bw"))) inline void bin_counts_avx512(const 
     }
   }
   for (int64_t a = 0; a < m; ++a) h[a * slots + tau] += (over >> a) & 1;
+}
+
+// scan_row_portable for tau <= 64 values; ld is a multiple of 64.
+__attribute__((target("avx512f,avx512bw"))) inline void scan_row_avx512(const uint8_t* row,
+                                                                        int64_t q, int64_t ld,
+                                                                        int64_t tau,
+                                                                        uint8_t* table) {
+  const __m512i one = _mm512_set1_epi8(1);
+  for (int64_t b0 = 0; b0 < q; b0 += 64) {
+    const __m512i r = _mm512_maskz_loadu_epi8(lane_mask(q - b0), row + b0);
+    for (int64_t v = 0; v < tau; ++v) {
+      const __mmask64 hit = _mm512_cmpeq_epi8_mask(r, _mm512_set1_epi8(static_cast<char>(v)));
+      if (hit == 0) continue;
+      uint8_t* t = table + v * ld + b0;
+      const __m512i c = _mm512_load_si512(t);
+      _mm512_store_si512(t, _mm512_mask_add_epi8(c, hit, c, one));
+    }
+  }
 }
 
 // Words w of the bitsets of labels a0 .. a0 + m: out(a, k)[w] has bit s set when sample
