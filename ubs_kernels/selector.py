@@ -463,7 +463,8 @@ class UncertaintyBatchSelector(BatchSelector):
         """``(n, q)`` current U (float32), ``(num_local, q)`` sharded; rows of samples never observed are 0.
 
         Computed from the history rings when read after :meth:`observe` (about 1 ms for 5,000 x
-        374 on two CPU cores), so reading it every step would cost that every step.
+        374 on two CPU cores), so reading it every step would cost that every step. Read it
+        again after observing: a refresh may return a new tensor rather than update this one.
         """
         self._refresh()
         return self._u_store
