@@ -97,7 +97,9 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
         const at::Tensor p = probs.contiguous();
         const scalar_t* ptr = p.data_ptr<scalar_t>();
         std::atomic<bool> bad{false};
-        at::parallel_for(0, b, std::max<int64_t>(1, 16384 / q), [&](int64_t r0, int64_t r1) {
+        // One thread for a batch of up to 2^18 values (about 20 us): in a training loop,
+        // waking the other threads costs more than they save (see record's grain below).
+        at::parallel_for(0, b, std::max<int64_t>(1, (1 << 18) / q), [&](int64_t r0, int64_t r1) {
           int out = 0;
           for (int64_t i = r0 * q; i < r1 * q; ++i) {
             const V v = static_cast<V>(ptr[i]);
@@ -125,8 +127,13 @@ void observe_impl(at::Tensor& history, at::Tensor& seen, float* uu, uint8_t* bb,
   const P* pp = probs.data_ptr<P>();
   const RowKernels<H> kernels = row_kernels<H>();
   const RowParams params = make_row_params(lam, tau);
-  // Grain: enough rows that each task touches a few thousand values (a record row touches q).
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Refresh ? q * T : q));
+  // Grain: observe, a few thousand values per task (a row touches q T). record, 2^17 values:
+  // one step's batch (128 x 374 in bench_selector.py) runs on the calling thread, because in a
+  // training loop the other threads are asleep between steps and waking them took longer than
+  // the work (the record calls of one epoch: 3.3 -> 2.4 ms, both measured in the same runs,
+  // alternating epochs); a whole-matrix call still uses every thread.
+  const int64_t grain = Refresh ? std::max<int64_t>(1, 4096 / std::max<int64_t>(1, q * T))
+                                : std::max<int64_t>(1, (1 << 17) / std::max<int64_t>(1, q));
   at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
     // Probabilities that are not float32 go through float32 first (as the reference's
     // probs.to(history.dtype) does for float64 -> float16 too: c10::Half rounds from float).
