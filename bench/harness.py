@@ -136,6 +136,32 @@ def bandwidth_rows(writer: ResultWriter, key: dict, t: Timing, moved: int, bw: f
     return gbs
 
 
+def time_alternating(fns: dict[str, Callable[[], object]], device: str = "cpu", min_run_time: float = 1.0,
+                     quick: bool = False, min_rounds: int = 5) -> dict[str, Timing]:  # fmt: skip
+    """Time several calls in alternation, one call of each per round, so slow drifts of the
+    machine (other tenants of a VM, clocks) affect all of them alike; for a ratio of two calls
+    that should share the machine's state. After a warm-up round, rounds continue until every
+    call has run ``min_rounds`` times and the rounds took ``min_run_time`` (one round when
+    ``quick``)."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    while True:
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - t0)
+        rounds = len(next(iter(samples.values())))
+        if quick or (rounds >= min_rounds and time.perf_counter() - start >= min_run_time):
+            break
+    note = f"{rounds} rounds, calls alternating"
+    return {name: timing_from_samples(s, note) for name, s in samples.items()}
+
+
 def copy_bandwidth(device: str = "cpu", mib: int = 256) -> float:
     """Measured device-memory bandwidth in GB/s: read + write of a ``mib`` MiB tensor copy."""
     src = torch.ones(mib << 18, device=device)  # float32: 2^18 values per MiB
