@@ -203,9 +203,6 @@ def bench_whole(n: int, q: int, args, device: str, ubs, bw: float, writer: harne
         state = make_whole_state(n, q, T, DTYPES[dname], args.seed, device)
         verify([t[:rows].cpu() for t in state], check_step, ubs, device, lam, tau, authors=False)
         moved = step_bytes(n, q, T, state[0].element_size())
-        # A plain copy moving the same bytes (half read, half written), timed alternately with the op.
-        src = torch.ones(moved // 8, dtype=torch.float32, device=device)
-        dst = torch.zeros_like(src)
         base = {}
         for name, backend in ubs:
             k = {"provider": f"{name}_whole", "device": device, "n": n, "q": q, "tau": tau, "T": T, "batch": n,
@@ -215,20 +212,15 @@ def bench_whole(n: int, q: int, args, device: str, ubs, bw: float, writer: harne
                 log(f"{name} {dname}: skipped (n*q > {args.torch_max_elements:g})")
                 continue
             call = partial(ubs_kernels.observe, *state, idx, probs, lam=lam, tau=tau, backend=backend)
-            times = harness.time_alternating({"op": call, "copy": partial(dst.copy_, src)}, device,
-                                             args.min_run_time, args.quick)  # fmt: skip
-            t, tcopy = times["op"], times["copy"]
+            t, tcopy = harness.time_beside_copy(writer, k, call, moved, device, args.min_run_time, args.quick)
             base[name] = t
             gbs = harness.bandwidth_rows(writer, k, t, moved, bw)
-            writer.timing({**k, "provider": "copy_same_bytes"}, tcopy)
-            writer.metric(k, t, "same_bytes_copy_ratio", t.median / tcopy.median,
-                          f"median / median of a tensor copy of {moved // 2} bytes, calls alternating")  # fmt: skip
             log(f"{name} {dname}: {harness.fmt_s(t.median)} per call, {gbs:.1f} GB/s ({bw / gbs:.2f}x a copy at the "
                 f"start-of-run bandwidth); a copy of the same bytes {harness.fmt_s(tcopy.median)}, in alternation: "
                 f"{t.median / tcopy.median:.2f}x")
             if name != "ubs_torch" and "ubs_torch" in base:
                 writer.metric(k, t, "speedup_vs_ubs_torch", base["ubs_torch"].median / t.median)
-        del state, src, dst
+        del state
 
 
 def parse_args(argv=None):

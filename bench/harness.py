@@ -162,6 +162,22 @@ def time_alternating(fns: dict[str, Callable[[], object]], device: str = "cpu", 
     return {name: timing_from_samples(s, note) for name, s in samples.items()}
 
 
+def time_beside_copy(writer: ResultWriter, key: dict, fn: Callable[[], object], moved: int, device: str,
+                     min_run_time: float, quick: bool) -> tuple[Timing, Timing]:  # fmt: skip
+    """Times ``fn`` in alternation with a plain copy of the same bytes (``dst.copy_(src)`` of two
+    float32 tensors of ``moved / 2`` bytes each) and writes the copy's timing (provider
+    ``copy_same_bytes``) and the ``same_bytes_copy_ratio`` row (``fn``'s median over the copy's);
+    returns both timings. The caller writes ``fn``'s own timing rows."""
+    src = torch.ones(moved // 8, dtype=torch.float32, device=device)
+    dst = torch.zeros_like(src)
+    times = time_alternating({"op": fn, "copy": lambda: dst.copy_(src)}, device, min_run_time, quick)
+    t, tcopy = times["op"], times["copy"]
+    writer.timing({**key, "provider": "copy_same_bytes"}, tcopy)
+    note = f"median / median of a copy reading and writing {src.nbytes} bytes each, calls alternating"
+    writer.metric(key, t, "same_bytes_copy_ratio", t.median / tcopy.median, note)
+    return t, tcopy
+
+
 def copy_bandwidth(device: str = "cpu", mib: int = 256) -> float:
     """Measured device-memory bandwidth in GB/s: read + write of a ``mib`` MiB tensor copy."""
     src = torch.ones(mib << 18, device=device)  # float32: 2^18 values per MiB
