@@ -80,7 +80,8 @@ def test_observe_csv(results: Path) -> None:
     backends = ubs.available_backends("observe", "cpu")
     ubs_names = {f"ubs_{b}" for b in backends}
     whole_names = {f"ubs_{b}_whole" for b in backends}  # --quick runs ubs_torch on the whole matrix too
-    _check_providers(rows, "observe", ubs_names | whole_names | {"authors_style"})
+    # copy_same_bytes: the copy timed in alternation with each whole-matrix call.
+    _check_providers(rows, "observe", ubs_names | whole_names | {"authors_style", "copy_same_bytes"})
     metrics = {r["metric"] for r in rows}
     assert {"epoch_s", "GB_per_s", "speedup_vs_authors_style"} <= metrics
     assert {r["dtype"] for r in rows if r["provider"] in ubs_names} == {"float16", "float32"}
@@ -90,8 +91,9 @@ def test_observe_csv(results: Path) -> None:
     for name in whole_names - {"ubs_torch_whole"}:
         for dtype in ("float16", "float32"):
             got = {r["metric"]: r for r in whole if r["provider"] == name and r["dtype"] == dtype}
-            assert {"time_s", "GB_per_s", "bw_fraction", "copy_ratio"} <= set(got), f"{name} {dtype}: {set(got)}"
-            for metric in ("GB_per_s", "bw_fraction", "copy_ratio"):
+            expected = {"time_s", "GB_per_s", "bw_fraction", "copy_ratio", "same_bytes_copy_ratio"}
+            assert expected <= set(got), f"{name} {dtype}: {set(got)}"
+            for metric in ("GB_per_s", "bw_fraction", "copy_ratio", "same_bytes_copy_ratio"):
                 value = float(got[metric]["value"])
                 assert math.isfinite(value) and value > 0, got[metric]
 

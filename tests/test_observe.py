@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import (
     assert_bins_match,
+    assert_state_equal,
     backend_params,
     clone_state,
     make_state,
@@ -162,3 +163,27 @@ def test_record_empty_batch_and_int32_indices(backend):
     ubs.record(history, seen, torch.tensor([5, 0, 2, 3], dtype=torch.int32), probs, backend=backend)
     assert seen.tolist() == [1, 0, 1, 1, 0, 1]
     assert torch.equal(history[[5, 0, 2, 3], 0], probs.to(torch.float16))
+
+
+@pytest.mark.parametrize("history_dtype", [torch.float16, torch.float32])
+def test_record_large_batch_matches_reference(history_dtype):
+    """A batch of 3000 x 100 values: the CPU kernel splits the checks and the writes over the
+    thread pool (a training step's batch runs on one thread), and gives the reference's bits.
+    A bad probability in the last row is found and nothing is written."""
+    require_backend("record", "cpu")
+    gen = torch.Generator().manual_seed(7)
+    n, T, q = 3000, 3, 100
+    history, seen = make_state(n, T, q, history_dtype)[:2]
+    seen += torch.randint(0, 7, (n,), generator=gen)
+    ref_history, ref_seen = history.clone(), seen.clone()
+    idx = torch.randperm(n, generator=gen)
+    probs = torch.rand(n, q, generator=gen)
+    ubs.record(history, seen, idx, probs, backend="cpu")
+    ubs.record(ref_history, ref_seen, idx, probs, backend="torch")
+    assert torch.equal(seen, ref_seen) and torch.equal(history, ref_history)
+    bad = probs.clone()
+    bad[-1, -1] = 1.5
+    before = clone_state((history, seen))
+    with pytest.raises(ValueError, match=r"probs\[2999, 99\] = 1.5"):
+        ubs.record(history, seen, idx, bad, backend="cpu")
+    assert_state_equal((history, seen), before)
