@@ -190,7 +190,6 @@ def bench_size(n: int, q: int, args, device: str, ubs, bw: float, writer: harnes
 def bench_whole(n: int, q: int, args, device: str, ubs, bw: float, writer: harness.ResultWriter) -> None:
     """One observe call over all n rows (a whole epoch of observations) per history dtype."""
     T, lam, tau = args.window, args.lam, args.tau
-    tc = partial(harness.time_call, min_run_time=args.min_run_time, quick=args.quick)
 
     def log(msg: str) -> None:
         print(f"[observe whole {n}x{q}] {msg}", flush=True)

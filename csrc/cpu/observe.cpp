@@ -97,7 +97,7 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
         const at::Tensor p = probs.contiguous();
         const scalar_t* ptr = p.data_ptr<scalar_t>();
         std::atomic<bool> bad{false};
-        // One thread for a batch of up to 2^18 values (about 20 us): in a training loop,
+        // One thread for a batch of up to 2^18 values: in a training loop,
         // waking the other threads costs more than they save (see record's grain below).
         at::parallel_for(0, b, std::max<int64_t>(1, (1 << 18) / q), [&](int64_t r0, int64_t r1) {
           int out = 0;
