@@ -214,9 +214,11 @@ def bench_whole(n: int, q: int, args, device: str, ubs, bw: float, writer: harne
             t, tcopy = harness.time_beside_copy(writer, k, call, moved, device, args.min_run_time, args.quick)
             base[name] = t
             gbs = harness.bandwidth_rows(writer, k, t, moved, bw)
-            log(f"{name} {dname}: {harness.fmt_s(t.median)} per call, {gbs:.1f} GB/s ({bw / gbs:.2f}x a copy at the "
+            log(
+                f"{name} {dname}: {harness.fmt_s(t.median)} per call, {gbs:.1f} GB/s ({bw / gbs:.2f}x a copy at the "
                 f"start-of-run bandwidth); a copy of the same bytes {harness.fmt_s(tcopy.median)}, in alternation: "
-                f"{t.median / tcopy.median:.2f}x")
+                f"{t.median / tcopy.median:.2f}x"
+            )
             if name != "ubs_torch" and "ubs_torch" in base:
                 writer.metric(k, t, "speedup_vs_ubs_torch", base["ubs_torch"].median / t.median)
         del state
