@@ -36,11 +36,11 @@ SLOW_CALL_S = 2.0  # above this one call is its own measurement: no autorange bl
 SLOW_REPEAT_S = 10.0  # a slow call is run a second time only while the runs total less than this
 
 COLUMNS = [
-    "op", "provider", "device", "n", "q", "tau", "T", "batch", "rowsum", "dtype",
+    "op", "provider", "device", "n", "q", "tau", "T", "batch", "rowsum", "dtype", "data",
     "median_s", "p20_s", "p80_s", "metric", "value", "note",
     "hardware", "cores", "python", "torch", "numpy", "sklearn", "ubs_kernels", "git_sha", "timestamp",
 ]  # fmt: skip
-KEY_COLUMNS = ["op", "provider", "device", "n", "q", "tau", "T", "batch", "rowsum", "dtype"]
+KEY_COLUMNS = ["op", "provider", "device", "n", "q", "tau", "T", "batch", "rowsum", "dtype", "data"]
 
 
 @dataclass

@@ -23,6 +23,25 @@ TORCH_LIBRARY(ubs_kernels, m) {
   //   probs (b, q) f32|f16|bf16|f64 in [0, 1].
   m.def("record(Tensor(a!) history, Tensor(b!) seen, Tensor indices, Tensor probs) -> ()");
 
+  // One training step's observation, checked as observe checks it (indices distinct in
+  // [0, num_samples), probs finite in [0, 1]) and appended to a staging buffer at row `offset`:
+  // indices to staged_indices, probs rounded to the buffer's dtype (the history dtype) as the
+  // ring write rounds them. Nothing else is written.
+  //   staged_indices (capacity,) i64, staged_probs (capacity, q) f16|f32, indices (b,) i64,
+  //   probs (b, q) f32|f16|bf16|f64, 0 <= offset <= capacity - b.
+  m.def(
+      "stage(Tensor(a!) staged_indices, Tensor(b!) staged_probs, int offset, Tensor indices, "
+      "Tensor probs, int num_samples) -> ()");
+
+  // The staged steps applied in order: the same history, seen, uncertainty and bins as calling
+  // observe for each staged step in turn (a sample may appear in several steps). U and bins are
+  // refreshed for the staged samples only.
+  //   history (n, T, q) f16|f32, seen (n,) i64, uncertainty (n, q) f32, bins (n, q) u8,
+  //   staged_indices (m,) i64 in [0, n), staged_probs (m, q) of history's dtype in [0, 1].
+  m.def(
+      "observe_staged(Tensor(a!) history, Tensor(b!) seen, Tensor(c!) uncertainty, "
+      "Tensor(d!) bins, Tensor staged_indices, Tensor staged_probs, float lam, int tau) -> ()");
+
   // Mutual information (SPEC.md Eq. 6, natural log) between every pair of label columns of
   // the binned U, diagonal 1. bins (n, q) u8 in [0, tau) -> (q, q) f32, or with rowsum the
   // row sums (q,) f32 without materialising q x q.

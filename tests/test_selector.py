@@ -88,16 +88,34 @@ def test_selection_probabilities_match_an_independent_float64_pipeline():
     np.testing.assert_allclose(sel.sample_probabilities.double().numpy(), p, rtol=2e-4, atol=1e-9)
 
 
-@pytest.mark.parametrize("block_rows", [None, 7])  # one refresh block, or blocks of 7 rows
-def test_uncertainty_follows_every_observation(block_rows):
-    """U and bins, computed from the rings when read, against the numpy oracle of each sample's
-    own list of predictions; read mid-epoch and at epoch ends, in one block or in row blocks."""
+def record_each_step(sel) -> None:
+    """Switch a CPU selector to the path it takes on CUDA and under Triton: each step recorded
+    into the rings, U from the whole-matrix pass (instead of staged steps)."""
+    assert sel._staged == 0
+    sel._staging, sel._fast_stage = False, None
+
+
+# staged: steps staged, applied when U is read; full buffer: a buffer of one batch, applied
+# whenever the next step does not fit, with an observation larger than the buffer; recorded:
+# each step into the rings, U by the whole-matrix pass, in one block or in blocks of 7 rows.
+MODES = ["staged", "staged-full-buffer", "recorded", "recorded-blocks"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_uncertainty_follows_every_observation(mode, monkeypatch):
+    """U and bins, brought up to date when read, against the numpy oracle of each sample's own
+    list of predictions; read mid-epoch and at epoch ends."""
     from conftest import assert_bins_match, numpy_uncertainty
 
     n, q, window, lam = 60, 9, 3, 0.3
+    if mode == "staged-full-buffer":
+        monkeypatch.setattr(ubs.UncertaintyBatchSelector, "_STAGE_BYTES", 1)
     sel = make(n, q, batch_size=16, window=window, lam=lam, bins=7)
-    if block_rows is not None:
-        sel._REFRESH_BLOCK_BYTES = 5 * q * block_rows
+    assert sel._stage_probs.shape[0] == (16 if mode == "staged-full-buffer" else 64)
+    if mode.startswith("recorded"):
+        record_each_step(sel)
+    if mode == "recorded-blocks":
+        sel._REFRESH_BLOCK_BYTES = 5 * q * 7
     predictions = [[] for _ in range(n)]
     for epoch in range(4):
         for step, b in enumerate(sel):
@@ -105,6 +123,12 @@ def test_uncertainty_follows_every_observation(block_rows):
             sel.observe(b, probs)
             for row, i in enumerate(b.tolist()):
                 predictions[i].append(probs[row].half().double().numpy())
+            if step == 1 and epoch == 2:  # 40 samples at once: more than a one-batch buffer holds
+                big = torch.arange(10, 50)
+                probs = fake_probs(big, 7, q)
+                sel.observe(big, probs)
+                for row, i in enumerate(big.tolist()):
+                    predictions[i].append(probs[row].half().double().numpy())
             if step % 3 == 1 or epoch == 3:
                 u = sel.uncertainty
                 for i, preds in enumerate(predictions):
@@ -112,6 +136,21 @@ def test_uncertainty_follows_every_observation(block_rows):
                     np.testing.assert_allclose(u[i].numpy(), expected, rtol=0, atol=2e-6)
                     assert_bins_match(sel._bins[i], expected, 7)
     assert sel.seen.tolist() == [len(p) for p in predictions]
+
+
+def test_staged_and_recorded_paths_give_the_same_run():
+    """The CPU's staged steps and the per-step ring writes (CUDA, Triton) leave the same bits
+    in the state after every epoch, so the same batches are drawn."""
+    a, b = make(), make()
+    record_each_step(b)
+    got_a, got_b = [], []
+    for epochs in range(1, 6):
+        run(a, epochs, 7, got_a)
+        run(b, epochs, 7, got_b)
+        for key in ("history", "seen", "uncertainty", "bins"):
+            assert torch.equal(a.state_dict()["state"][key], b.state_dict()["state"][key]), key
+    assert len(got_a) == len(got_b) == 50
+    assert all(e1 == e2 and torch.equal(x, y) for (e1, x), (e2, y) in zip(got_a, got_b, strict=True))
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
@@ -191,19 +230,31 @@ def test_bad_state_dict_changes_nothing():
     ],
 )
 def test_bad_observation_raises_and_changes_nothing(indices, probs, error):
-    sel = make()
-    run(sel, 1, 7)
-    before = {k: v.clone() for k, v in sel.state_dict()["state"].items()}
+    sel, untouched = make(), make()
+    for s in (sel, untouched):
+        run(s, 1, 7)
+        s.observe(torch.tensor([3, 4]), torch.full((2, 7), 0.25))  # a step left staged
+    staged = sel._staged
     with pytest.raises(error):
         sel.observe(indices, probs)
-    assert all(torch.equal(sel.state_dict()["state"][k], v) for k, v in before.items())
+    assert sel._staged == staged > 0  # the bad call staged nothing
+    after, expected = sel.state_dict()["state"], untouched.state_dict()["state"]
+    assert all(torch.equal(after[k], expected[k]) for k in expected)
 
 
 def test_memory_bytes_formula_and_refusal_before_allocating():
     sel = make(n=300, q=7, window=5)
-    state = sum(t.numel() * t.element_size() for t in sel._state().values())
-    assert sel.memory_bytes() == state + 24 * 300 == 300 * (5 * 7 * 2 + 5 * 7 + 8) + 24 * 300
-    assert make(history_dtype=torch.float32).memory_bytes() == 300 * (5 * 7 * 4 + 5 * 7 + 8) + 24 * 300
+    held = [*sel._state().values(), sel._stage_indices, sel._stage_probs]
+    state = sum(t.numel() * t.element_size() for t in held)
+    # Staging buffer (CPU): one epoch of steps, ceil(300 / 32) * 32 = 320 rows of q h + 8 bytes.
+    staging = 320 * (7 * 2 + 8)
+    assert sel.memory_bytes() == state + 24 * 300 == 300 * (5 * 7 * 2 + 5 * 7 + 8) + staging + 24 * 300
+    assert make(history_dtype=torch.float32).memory_bytes() == (
+        300 * (5 * 7 * 4 + 5 * 7 + 8) + 320 * (7 * 4 + 8) + 24 * 300
+    )
+    # At most 64 MiB of staging: q = 4000 float16 rows are 8008 bytes, so 8380 of them.
+    big = ubs.UncertaintyBatchSelector(10_000, 4000, batch_size=128, window=1)
+    assert big._stage_probs.shape == (8380, 4000) and (64 << 20) // 8008 == 8380
     with pytest.raises(MemoryError, match="num_samples=10000000000"):
         ubs.UncertaintyBatchSelector(10**10, 1000)
 

@@ -22,17 +22,19 @@ from .ops import (
     available_backends,
     label_mi,
     observe,
+    observe_staged,
     record,
     resolve_backend,
     selection_log_probs,
     selection_pressure,
+    stage,
     uncertainty,
 )
 from .selector import BatchSelector, IndexedDataset, UncertaintyBatchSelector
 
 __version__ = "0.1.0"
 
-OPS = ("observe", "record", "uncertainty", "label_mi", "selection_log_probs")
+OPS = ("observe", "record", "stage", "observe_staged", "uncertainty", "label_mi", "selection_log_probs")
 
 __all__ = [
     "OPS",
@@ -48,10 +50,12 @@ __all__ = [
     "build_info",
     "label_mi",
     "observe",
+    "observe_staged",
     "record",
     "resolve_backend",
     "selection_log_probs",
     "selection_pressure",
+    "stage",
     "uncertainty",
 ]
 

@@ -113,6 +113,67 @@ def check_probs(probs, b: int, q: int, device: torch.device, values: bool = True
     return probs
 
 
+def check_staging(staged_indices, staged_probs, offset, b: int) -> tuple[int, int]:
+    """The staging buffers of :func:`ubs_kernels.ops.stage` and the rows ``[offset, offset + b)``
+    this call writes; returns ``(capacity, q)``."""
+    staged_indices = _tensor("staged_indices", staged_indices)
+    staged_probs = _tensor("staged_probs", staged_probs)
+    if staged_indices.dtype != torch.int64:
+        raise TypeError(f"staged_indices must be int64, got {staged_indices.dtype}")
+    if staged_probs.dtype not in _HISTORY_DTYPES:
+        raise TypeError(f"staged_probs must be float16 or float32 (the history dtype), got {staged_probs.dtype}")
+    if staged_probs.dim() != 2 or staged_probs.shape[1] < 1:
+        raise ValueError(f"staged_probs must have shape (capacity, q) with q >= 1, got {tuple(staged_probs.shape)}")
+    capacity, q = staged_probs.shape
+    if tuple(staged_indices.shape) != (capacity,):
+        raise ValueError(
+            f"staged_indices must have shape ({capacity},) to match staged_probs, got {tuple(staged_indices.shape)}"
+        )
+    if not staged_indices.is_contiguous() or not staged_probs.is_contiguous():
+        raise ValueError("staged_indices and staged_probs must be contiguous (written in place)")
+    _same_device("staged_indices", staged_indices, staged_probs.device, "staged_probs")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= capacity - b:
+        raise ValueError(
+            f"offset must be in [0, {capacity - b}] (capacity {capacity} minus the {b} rows of this call), "
+            f"got {offset!r}"
+        )
+    return capacity, q
+
+
+def check_staged(staged_indices, staged_probs, history: torch.Tensor, values: bool = True):
+    """What :func:`ubs_kernels.ops.observe_staged` applies: ``staged_indices (m,)`` in ``[0, n)``
+    (repeats allowed) and ``staged_probs (m, q)`` of the history dtype, finite in [0, 1]."""
+    n, _, q = history.shape
+    staged_indices = _tensor("staged_indices", staged_indices)
+    staged_probs = _tensor("staged_probs", staged_probs)
+    if staged_indices.dtype not in _INT_DTYPES[1:]:
+        raise TypeError(f"staged_indices must be an integer tensor (int8..int64), got {staged_indices.dtype}")
+    if staged_indices.dim() != 1:
+        raise ValueError(f"staged_indices must be 1-D, got shape {tuple(staged_indices.shape)}")
+    m = staged_indices.shape[0]
+    if staged_probs.dtype != history.dtype:
+        raise TypeError(f"staged_probs must have the dtype of history ({history.dtype}), got {staged_probs.dtype}")
+    if tuple(staged_probs.shape) != (m, q):
+        raise ValueError(
+            f"staged_probs must have shape ({m}, {q}) (len(staged_indices), num_labels), "
+            f"got {tuple(staged_probs.shape)}"
+        )
+    _same_device("staged_indices", staged_indices, history.device, "history")
+    _same_device("staged_probs", staged_probs, history.device, "history")
+    if values and m:
+        lo, hi = int(staged_indices.min()), int(staged_indices.max())
+        if lo < 0 or hi >= n:
+            raise IndexError(f"staged_indices must be in [0, {n}), got values in [{lo}, {hi}]")
+        bad = ~((staged_probs >= 0) & (staged_probs <= 1))
+        if bool(bad.any()):
+            first = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"staged_probs must be finite and in [0, 1] (after sigmoid); staged_probs{first} = "
+                f"{staged_probs[tuple(first)].item()}"
+            )
+    return staged_indices, staged_probs
+
+
 def check_bins(bins, tau: int) -> torch.Tensor:
     """``(n, q)`` integer bins in ``[0, tau)``."""
     bins = _tensor("bins", bins)

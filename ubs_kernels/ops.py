@@ -11,6 +11,9 @@ Ops (equation numbers of Zhou et al., AAAI 2025):
 
 * :func:`observe` - one training step: history ring write, Eq. 1, 4, 5 and the bin, in place.
 * :func:`record` - the ring write of :func:`observe` alone (U later, by :func:`uncertainty`).
+* :func:`stage` / :func:`observe_staged` - a step's observation appended to a buffer, and the
+  buffered steps applied at once: the result of :func:`observe` per step, at a fraction of the
+  cost in a training loop (CPU).
 * :func:`uncertainty` - Eq. 5 and the bins for all n rows from the history.
 * :func:`label_mi` - Eq. 6 for every label pair (or its row sums).
 * :func:`selection_log_probs` - Eq. 7-10 fused: ``log P`` of every sample.
@@ -33,7 +36,9 @@ NATIVE_BACKENDS = ("cpu", "cuda")  # the C++/CUDA kernels: they check their argu
 # Ops whose native kernels are registered under ubs_kernels::<name>; dispatch asks the
 # dispatcher whether this build has a kernel for the device at hand. The Triton kernels are
 # registered as ubs_kernels::<name>_triton by ubs_kernels.triton (torch.library.triton_op).
-_NATIVE_NAMES = {op: op for op in ("observe", "record", "uncertainty", "label_mi", "selection_log_probs")}
+_NATIVE_NAMES = {
+    op: op for op in ("observe", "record", "stage", "observe_staged", "uncertainty", "label_mi", "selection_log_probs")
+}
 
 selection_pressure = reference.selection_pressure
 
@@ -186,6 +191,90 @@ def record(
         _call("record", chosen, history, seen, indices.long(), probs)
 
 
+def stage(
+    staged_indices: torch.Tensor,
+    staged_probs: torch.Tensor,
+    offset: int,
+    indices: torch.Tensor,
+    probs: torch.Tensor,
+    num_samples: int,
+    backend: str | None = None,
+) -> None:
+    """Check one training step's observation and append it to a staging buffer.
+
+    The per-step half of :func:`observe_staged`: ``indices`` go to ``staged_indices[offset :
+    offset + b]`` and ``probs``, rounded to the buffer's dtype as the ring write rounds them, to
+    the same rows of ``staged_probs``. Nothing else is written, so a step costs a contiguous
+    copy instead of ``b`` ring writes scattered over the history.
+
+    Args:
+        staged_indices: ``(capacity,)`` int64 buffer. In place, rows ``[offset, offset + b)``.
+        staged_probs: ``(capacity, q)`` buffer of the history dtype (float16/float32). In place.
+        offset: first row to write; ``offset + b <= capacity``.
+        indices: ``(b,)`` distinct integer sample ids in ``[0, num_samples)``.
+        probs: ``(b, q)`` probabilities after sigmoid, finite and in [0, 1]; float32, float16,
+            bfloat16 or float64.
+        num_samples: n.
+
+    Raises as :func:`observe` for bad ``indices`` or ``probs``; nothing is written then.
+    """
+    device = staged_probs.device if torch.is_tensor(staged_probs) else None
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    chosen = resolve_backend("stage", device if device is not None else "cpu", backend)
+    values = chosen in ("torch", "triton") and not torch.compiler.is_compiling()
+    b = indices.shape[0] if torch.is_tensor(indices) and indices.dim() == 1 else 0
+    _, q = _checks.check_staging(staged_indices, staged_probs, offset, b)
+    indices = _checks.check_indices(indices, num_samples, device, values)
+    probs = _checks.check_probs(probs, indices.numel(), q, device, values).detach()
+    if chosen == "torch":
+        with torch.no_grad():
+            reference.stage(staged_indices, staged_probs, offset, indices, probs)
+    else:
+        _call("stage", chosen, staged_indices, staged_probs, offset, indices.long(), probs, num_samples)
+
+
+def observe_staged(
+    history: torch.Tensor,
+    seen: torch.Tensor,
+    uncertainty: torch.Tensor,
+    bins: torch.Tensor,
+    staged_indices: torch.Tensor,
+    staged_probs: torch.Tensor,
+    lam: float = 0.5,
+    tau: int = 10,
+    backend: str | None = None,
+) -> None:
+    """Apply staged training steps (:func:`stage`) in the order they were staged.
+
+    Leaves ``history``, ``seen``, ``uncertainty`` and ``bins`` exactly as :func:`observe` would
+    have, called for each staged step in turn: a sample may appear in several steps, and its
+    rows are applied in order. U and the bins change for the staged samples only.
+
+    Args:
+        history, seen, uncertainty, bins, lam, tau: as :func:`observe`.
+        staged_indices: ``(m,)`` integer sample ids in ``[0, n)``; repeats allowed.
+        staged_probs: ``(m, q)`` of the history dtype, finite and in [0, 1].
+
+    Raises ``TypeError``/``ValueError``/``IndexError`` naming the bad argument; nothing is
+    written then.
+    """
+    n, q = _checks.check_state(history, seen, uncertainty, bins)
+    chosen = resolve_backend("observe_staged", history.device, backend)
+    values = chosen in ("torch", "triton") and not torch.compiler.is_compiling()
+    staged_indices, staged_probs = _checks.check_staged(staged_indices, staged_probs, history, values)
+    if values:
+        _checks.check_seen_at(seen, staged_indices, n)
+    lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
+    if staged_indices.numel() == 0:
+        return
+    if chosen == "torch":
+        with torch.no_grad():
+            reference.observe_staged(history, seen, uncertainty, bins, staged_indices, staged_probs, lam, tau)
+    else:
+        _call("observe_staged", chosen, history, seen, uncertainty, bins, staged_indices.long(), staged_probs, lam, tau)
+
+
 def uncertainty(
     history: torch.Tensor, seen: torch.Tensor, lam: float = 0.5, tau: int = 10, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,6 +364,14 @@ if native_ops.loaded:
 
     @torch.library.register_fake("ubs_kernels::record")
     def _record_fake(history, seen, indices, probs):
+        return None
+
+    @torch.library.register_fake("ubs_kernels::stage")
+    def _stage_fake(staged_indices, staged_probs, offset, indices, probs, num_samples):
+        return None
+
+    @torch.library.register_fake("ubs_kernels::observe_staged")
+    def _observe_staged_fake(history, seen, uncertainty, bins, staged_indices, staged_probs, lam, tau):
         return None
 
     @torch.library.register_fake("ubs_kernels::label_mi")

@@ -141,6 +141,50 @@ def record(history: torch.Tensor, seen: torch.Tensor, indices: torch.Tensor, pro
     seen[idx] = s + 1
 
 
+def stage(
+    staged_indices: torch.Tensor, staged_probs: torch.Tensor, offset: int, indices: torch.Tensor, probs: torch.Tensor
+) -> None:
+    """One step's observation into the staging buffers at row ``offset`` (probs rounded to their dtype)."""
+    b = indices.shape[0]
+    staged_indices[offset : offset + b] = indices.long()
+    staged_probs[offset : offset + b] = probs.to(staged_probs.dtype)
+
+
+def observe_staged(
+    history: torch.Tensor,
+    seen: torch.Tensor,
+    uncertainty_out: torch.Tensor,
+    bins_out: torch.Tensor,
+    staged_indices: torch.Tensor,
+    staged_probs: torch.Tensor,
+    lam: float = 0.5,
+    tau: int = 10,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """The staged rows applied in order, as :func:`observe` per staged step. In place.
+
+    A row that is a sample's r-th staged row goes in round r; within a round samples are
+    distinct, so each round is one :func:`record`, and rounds in order keep every sample's rows
+    in order. U and bins of the staged samples then come from their rings, as :func:`observe`
+    leaves them after a sample's last observation.
+    """
+    idx = staged_indices.long()
+    if idx.numel() == 0:
+        return
+    ordered, where = torch.sort(idx, stable=True)
+    _, counts = torch.unique_consecutive(ordered, return_counts=True)
+    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    rank = torch.empty_like(idx)
+    rank[where] = torch.arange(idx.numel(), device=idx.device) - starts
+    for r in range(int(counts.max())):
+        rows = (rank == r).nonzero().flatten()
+        record(history, seen, idx[rows], staged_probs[rows])
+    touched = torch.unique(idx)
+    u = uncertainty_rows(history[touched], seen[touched], lam, dtype)
+    uncertainty_out[touched] = u.to(uncertainty_out.dtype)
+    bins_out[touched] = to_bins(u, tau)
+
+
 def uncertainty(history: torch.Tensor, seen: torch.Tensor, lam: float = 0.5, tau: int = 10, dtype=torch.float32):
     """Whole-matrix variant: U (Eq. 5) and bins of all n rows from the history alone."""
     u = uncertainty_rows(history, seen, lam, dtype)

@@ -314,18 +314,24 @@ class BatchSelector(torch.utils.data.Sampler):
 class UncertaintyBatchSelector(BatchSelector):
     """Uncertainty-based batch selection guided by dynamic label correlations (Zhou et al., AAAI 2025).
 
-    Per step, :meth:`observe` writes each sample's prediction into its history ring. At each
-    epoch ``t >= warmup`` the selector computes U (Eq. 1, 4, 5) and its bins from the rings of
-    all samples in one pass, the mutual-information row sums ``c = C 1`` over the observed
+    Per step, :meth:`observe` checks the predictions and appends them to a staging buffer (on
+    the CPU: :func:`ubs_kernels.ops.stage`, a contiguous copy) or writes them into the samples'
+    history rings (elsewhere: :func:`ubs_kernels.ops.record`). At each epoch ``t >= warmup`` the
+    selector brings U (Eq. 1, 4, 5) and its bins up to date (on the CPU by applying the staged
+    steps to the rings of the samples they touch, :func:`ubs_kernels.ops.observe_staged`;
+    elsewhere from the rings of all samples in one pass), the mutual-information row sums
+    ``c = C 1`` over the observed
     samples (Eq. 6, never the q x q matrix), ``w = U c`` (Eq. 7-8), the min-max normalisation,
     the quantised exponential P with pressure ``s_t`` (Eq. 9-11), and plans the epoch's batches by
     successive sampling from P. Epochs before ``warmup`` are uniform shuffles.
 
     Memory (:meth:`memory_bytes`): ``n (T q h + 5 q + 8)`` bytes on ``device`` for history
     (``h`` = 2 for float16, 4 for float32), U (float32), bins (uint8) and counts, plus ``24 n``
-    bytes on the CPU for the plan. Computing U and the bins takes at most 64 MiB of scratch
-    besides (more on the ``torch`` backend). Construction fails with ``MemoryError`` before
-    allocating if that does not fit. Sharded, ``n`` is ``num_local``.
+    bytes on the CPU for the plan. On the CPU, the staging buffer adds ``m (q h + 8)`` bytes,
+    ``m = min(ceil(n / b) b, max(b, 64 MiB / (q h + 8)))`` rows: one epoch of steps, or 64 MiB
+    (a full buffer is applied and emptied). Elsewhere, computing U and the bins takes at most
+    64 MiB of scratch (more on the ``torch`` backend). Construction fails with ``MemoryError``
+    before allocating if that does not fit. Sharded, ``n`` is ``num_local``.
 
     Under ``torch.distributed`` (see :class:`BatchSelector` and :mod:`ubs_kernels.distributed`)
     the epoch refresh is global: ``c`` over the observed samples of all ranks (exact, or the
@@ -353,6 +359,8 @@ class UncertaintyBatchSelector(BatchSelector):
     _shardable = True
     # Largest U + bins block of one refresh pass (the refresh's only scratch).
     _REFRESH_BLOCK_BYTES = 64 << 20
+    # Largest staging buffer (CPU): one epoch of steps, or this many bytes.
+    _STAGE_BYTES = 64 << 20
 
     def __init__(
         self,
@@ -390,17 +398,59 @@ class UncertaintyBatchSelector(BatchSelector):
         config = {"num_labels": num_labels, "window": window, "lam": self.lam, "bins": self.bins, "s0": self.s0}
         config |= {"warmup": warmup, "mi_route": self.mi_route}
         distributed.agree(self._shard, config, "the arguments of UncertaintyBatchSelector")
+        # Staging (CPU, native or torch backend): observe appends each step to a buffer, and the
+        # buffered steps are applied to the rings, with U and the bins of the samples they
+        # touch, when the state is next needed (ops.stage / ops.observe_staged). A step then
+        # costs a contiguous copy, not b ring writes scattered over the history with caches the
+        # model has just evicted. Elsewhere each step is recorded into the rings (ops.record)
+        # and U comes from one whole-matrix pass when needed.
+        chosen = ops.resolve_backend("record", self.device, backend)
+        self._staging = self.device.type == "cpu" and chosen in ("cpu", "torch")
+        self._native_stage = self._staging and chosen == "cpu"
+        # The first thing observe tries: the native kernel takes the step as it comes, and
+        # anything it does not take (another device, int32 ids, a full buffer, bad input) goes
+        # the general way, which raises the error if there is one.
+        fast = self._native_stage and not self._shard.sharded
+        self._fast_stage = torch.ops.ubs_kernels.stage.default if fast else None
+        self._native_record = chosen in ops.NATIVE_BACKENDS
         self._check_fits()
         n, q, d = self.num_local, self.num_labels, self.device
-        self.history = torch.zeros((n, self.window, q), dtype=history_dtype, device=d)
-        self.seen = torch.zeros(n, dtype=torch.int64, device=d)
+        self._history = torch.zeros((n, self.window, q), dtype=history_dtype, device=d)
+        self._seen = torch.zeros(n, dtype=torch.int64, device=d)
         self._u_store = torch.zeros((n, q), dtype=torch.float32, device=d)
         self._bins_store = torch.zeros((n, q), dtype=torch.uint8, device=d)
         self._stale = False  # whether observe wrote rings since U and the bins were computed
+        capacity = self._stage_capacity()
+        self._stage_indices = torch.zeros(capacity, dtype=torch.int64, device=d)
+        self._stage_probs = torch.zeros((capacity, q), dtype=history_dtype, device=d)
+        self._staged = 0  # rows of the staging buffer in use
+
+    def _stage_capacity(self) -> int:
+        """Rows of the staging buffer: one epoch of steps, at most ``_STAGE_BYTES`` (0 without staging)."""
+        if not self._staging:
+            return 0
+        row = self.num_labels * (2 if self.history_dtype == torch.float16 else 4) + 8
+        return min(len(self) * self.batch_size, max(self.batch_size, self._STAGE_BYTES // row))
+
+    @property
+    def history(self) -> torch.Tensor:
+        """``(n, T, q)`` ring of each sample's last T predictions (``(num_local, T, q)`` sharded).
+
+        Reading it applies the staged steps first, so it always holds every observation made.
+        """
+        self._apply_staged()
+        return self._history
+
+    @property
+    def seen(self) -> torch.Tensor:
+        """``(n,)`` int64: how many times each sample was observed (staged steps applied first)."""
+        self._apply_staged()
+        return self._seen
 
     def _state_bytes(self) -> int:
         h = 2 if self.history_dtype == torch.float16 else 4
-        return self.num_local * (self.window * self.num_labels * h + 5 * self.num_labels + 8)
+        staging = self._stage_capacity() * (self.num_labels * h + 8)
+        return self.num_local * (self.window * self.num_labels * h + 5 * self.num_labels + 8) + staging
 
     def observe(self, indices: torch.Tensor, probs: torch.Tensor) -> None:
         """Record the predictions ``probs`` ``(b, q)`` of samples ``indices`` ``(b,)`` (after sigmoid).
@@ -408,28 +458,92 @@ class UncertaintyBatchSelector(BatchSelector):
         Indices and probs may live on any device; they are moved to the selector's. Bad input
         raises and changes nothing. Sharded, ``indices`` are global ids this rank owns.
 
-        Only the history rings and counts are written here (:func:`ubs_kernels.ops.record`);
-        U and the bins follow from them when next needed (see :attr:`uncertainty`).
+        On the CPU the step is checked and staged (:func:`ubs_kernels.ops.stage`); it reaches
+        the rings, U and the bins when they are next needed. Elsewhere only the history rings and
+        counts are written here (:func:`ubs_kernels.ops.record`); U and the bins follow from them
+        when next needed (see :attr:`uncertainty`).
         """
+        fast = self._fast_stage
+        if fast is not None:
+            # In a training loop this call runs with caches the model has just evicted, where
+            # each Python step costs: one native call that checks everything (writing nothing
+            # if a check fails) is the whole of a step.
+            k = self._staged
+            try:
+                fast(self._stage_indices, self._stage_probs, k, indices, probs, self.num_local)
+            except (RuntimeError, TypeError, ValueError, IndexError):
+                pass
+            else:
+                self._staged = k + indices.shape[0]
+                return
         if torch.is_tensor(indices) and indices.device != self.device:
             indices = indices.to(self.device)
         if torch.is_tensor(probs) and probs.device != self.device:
             probs = probs.to(self.device)
         indices = self._shard.to_local(indices)
         probs = probs.detach() if torch.is_tensor(probs) else probs
-        if (
-            torch.is_tensor(indices)
-            and indices.dtype == torch.int64
-            and torch.is_tensor(probs)
-            and ops.resolve_backend("record", self.device, self.backend) in ops.NATIVE_BACKENDS
-        ):
-            # The state is the selector's own (checked when it was made) and the native kernels
-            # check indices and probs themselves before writing anything, with the same errors
-            # as ops.record: skipping its Python checks saves about 6 µs a step.
-            torch.ops.ubs_kernels.record(self.history, self.seen, indices, probs)
+        native = torch.is_tensor(indices) and indices.dtype == torch.int64 and torch.is_tensor(probs)
+        if self._staging:
+            b = indices.shape[0] if torch.is_tensor(indices) and indices.dim() == 1 else 0
+            capacity = self._stage_indices.shape[0]
+            if b > capacity:  # larger than the buffer: observed directly (U and bins included)
+                self._apply_staged()
+                ops.observe(
+                    self._history,
+                    self._seen,
+                    self._u_store,
+                    self._bins_store,
+                    indices,
+                    probs,
+                    self.lam,
+                    self.bins,
+                    backend=self.backend,
+                )
+                return
+            if self._staged + b > capacity:
+                self._apply_staged()
+            if native and self._native_stage:
+                # The native kernel checks indices and probs itself before writing anything, with
+                # the same errors as ops.stage: skipping the Python checks saves µs every step.
+                torch.ops.ubs_kernels.stage(
+                    self._stage_indices, self._stage_probs, self._staged, indices, probs, self.num_local
+                )
+            else:
+                ops.stage(
+                    self._stage_indices,
+                    self._stage_probs,
+                    self._staged,
+                    indices,
+                    probs,
+                    self.num_local,
+                    backend=self.backend,
+                )
+            self._staged += b
+            return
+        if native and self._native_record:
+            # As above: the native kernel checks for itself, with the same errors as ops.record.
+            torch.ops.ubs_kernels.record(self._history, self._seen, indices, probs)
         else:
-            ops.record(self.history, self.seen, indices, probs, backend=self.backend)
+            ops.record(self._history, self._seen, indices, probs, backend=self.backend)
         self._stale = True
+
+    def _apply_staged(self) -> None:
+        """Apply the staged steps to the rings, counts, U and bins, and empty the buffer."""
+        k = self._staged
+        if k == 0:
+            return
+        ops.observe_staged(
+            self._history,
+            self._seen,
+            self._u_store,
+            self._bins_store,
+            self._stage_indices[:k],
+            self._stage_probs[:k],
+            self.lam,
+            self.bins,
+            backend=self.backend,
+        )
+        self._staged = 0
 
     def _refresh(self) -> None:
         """U and the bins of every sample from the rings, if anything was observed since last time.
@@ -441,18 +555,19 @@ class UncertaintyBatchSelector(BatchSelector):
         time with caches the model has just evicted. Outputs come in row blocks of at most
         ``_REFRESH_BLOCK_BYTES``, the only scratch the refresh needs.
         """
+        self._apply_staged()
         if not self._stale:
             return
         n, q = self.num_local, self.num_labels
         rows = max(1, self._REFRESH_BLOCK_BYTES // (5 * q))
         if rows >= n:  # one block: take the fresh outputs as they are
             self._u_store, self._bins_store = ops.uncertainty(
-                self.history, self.seen, self.lam, self.bins, backend=self.backend
+                self._history, self._seen, self.lam, self.bins, backend=self.backend
             )
         else:
             for a in range(0, n, rows):
                 u, b = ops.uncertainty(
-                    self.history[a : a + rows], self.seen[a : a + rows], self.lam, self.bins, backend=self.backend
+                    self._history[a : a + rows], self._seen[a : a + rows], self.lam, self.bins, backend=self.backend
                 )
                 self._u_store[a : a + rows].copy_(u)
                 self._bins_store[a : a + rows].copy_(b)
@@ -462,9 +577,10 @@ class UncertaintyBatchSelector(BatchSelector):
     def uncertainty(self) -> torch.Tensor:
         """``(n, q)`` current U (float32), ``(num_local, q)`` sharded; rows of samples never observed are 0.
 
-        Computed from the history rings when read after :meth:`observe` (about 1 ms for 5,000 x
-        374 on two CPU cores), so reading it every step would cost that every step. Read it
-        again after observing: a refresh may return a new tensor rather than update this one.
+        Brought up to date when read after :meth:`observe` (on the CPU by applying the staged
+        steps; elsewhere by a whole-matrix pass, about 1 ms for 5,000 x 374), so reading it
+        every step costs that every step. Read it again after observing: a refresh may return a
+        new tensor rather than update this one.
         """
         self._refresh()
         return self._u_store
@@ -510,8 +626,9 @@ class UncertaintyBatchSelector(BatchSelector):
         return {"history": self.history, "seen": self.seen, "uncertainty": self._uncertainty, "bins": self._bins}
 
     def _load_state(self, state: dict) -> None:
-        self.history.copy_(state["history"])
-        self.seen.copy_(state["seen"])
+        self._staged = 0  # steps staged before loading are replaced by the loaded state
+        self._history.copy_(state["history"])
+        self._seen.copy_(state["seen"])
         self._u_store.copy_(state["uncertainty"])
         self._bins_store.copy_(state["bins"])
         self._stale = False

@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "observe_checks.h"
 #include "uncertainty_row.h"
 
 namespace ubs_kernels::cpu {
@@ -51,16 +52,7 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
     TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous(),
                       "history and seen must be contiguous (written in place)");
   }
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
-                   indices.scalar_type());
-  TORCH_CHECK_VALUE(indices.dim() == 1, "indices must be 1-D, got shape ", indices.sizes());
-  const int64_t b = indices.size(0);
-  TORCH_CHECK_TYPE(at::isFloatingType(probs.scalar_type()), "probs must be a floating tensor, got ",
-                   probs.scalar_type());
-  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(0) == b && probs.size(1) == q,
-                    "probs must have shape (", b, ", ", q, ") (len(indices), num_labels), got ",
-                    probs.sizes());
-  for (const at::Tensor* t : {&seen, u, bins, &indices, &probs}) {
+  for (const at::Tensor* t : {&seen, u, bins}) {
     TORCH_CHECK_VALUE(t == nullptr || t->device() == history.device(),
                       "all tensors must be on the device of history (", history.device(), "), got ",
                       t->device());
@@ -69,51 +61,11 @@ void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Ten
     TORCH_CHECK_VALUE(lam >= 0.0 && lam <= 1.0, "lam must be in [0, 1], got ", lam);
     TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
   }
-
-  // Indices: in range and distinct (sorted copy; b is a batch, so this is cheap).
-  const at::Tensor idx = indices.contiguous();
-  std::vector<int64_t> sorted(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + b);
-  std::sort(sorted.begin(), sorted.end());
-  if (b > 0) {
-    TORCH_CHECK_INDEX(sorted.front() >= 0 && sorted.back() < n, "indices must be in [0, ", n,
-                      "), got values in [", sorted.front(), ", ", sorted.back(), "]");
-  }
-  TORCH_CHECK_VALUE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
-                    "indices must not contain duplicates within one call");
-  // seen >= 0 at every observed sample: a negative count would address a slot outside the
-  // sample's ring.
-  const int64_t* sp = seen.data_ptr<int64_t>();
-  for (int64_t i : sorted) {
-    TORCH_CHECK_VALUE(sp[i] >= 0,
-                      "seen must be >= 0 (observation counts) at every index observed, got seen[",
-                      i, "] = ", sp[i]);
-  }
-
-  // Probabilities: finite and in [0, 1] (NaN fails both comparisons). A branch-free pass per
-  // row that the compiler vectorises; the offending value is looked up only on failure.
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, probs.scalar_type(), "observe_check", [&] {
-        using V = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-        const at::Tensor p = probs.contiguous();
-        const scalar_t* ptr = p.data_ptr<scalar_t>();
-        std::atomic<bool> bad{false};
-        // One thread for a batch of up to 2^18 values: in a training loop,
-        // waking the other threads costs more than they save (see record's grain below).
-        at::parallel_for(0, b, std::max<int64_t>(1, (1 << 18) / q), [&](int64_t r0, int64_t r1) {
-          int out = 0;
-          for (int64_t i = r0 * q; i < r1 * q; ++i) {
-            const V v = static_cast<V>(ptr[i]);
-            out |= static_cast<int>(!(v >= V(0))) | static_cast<int>(!(v <= V(1)));
-          }
-          if (out) bad = true;
-        });
-        for (int64_t i = 0; bad && i < b * q; ++i) {
-          const double v = static_cast<double>(ptr[i]);
-          TORCH_CHECK_VALUE(v >= 0.0 && v <= 1.0,
-                            "probs must be finite and in [0, 1] (after sigmoid); probs[", i / q,
-                            ", ", i % q, "] = ", v);
-        }
-      });
+  const std::vector<int64_t> sorted =
+      observe_checks::check_batch(indices, probs, n, q, history.device(), "history");
+  observe_checks::check_seen_at(seen.data_ptr<int64_t>(), sorted);
+  // Up to 2^18 values on the calling thread (see record's grain below).
+  observe_checks::check_probs_values(probs, "probs", int64_t{1} << 18);
 }
 
 // Refresh: observe (ring write, count, U and bins); without: record (ring write and count).

@@ -1,0 +1,88 @@
+// Argument checks shared by the CPU kernels that take one training step's observation
+// (observe, record, stage: observe.cpp, staged.cpp). Every check runs before anything is
+// written, so a bad call leaves the state as it was.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+#include <vector>
+
+namespace ubs_kernels::cpu::observe_checks {
+
+// indices (b,) int64, distinct, in [0, n); probs (b, q) floating; both on `device`. Returns
+// the indices sorted (b is a batch, so the sorted copy is cheap).
+inline std::vector<int64_t> check_batch(const at::Tensor& indices, const at::Tensor& probs,
+                                        int64_t n, int64_t q, const at::Device& device,
+                                        const char* device_of) {
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
+                   indices.scalar_type());
+  TORCH_CHECK_VALUE(indices.dim() == 1, "indices must be 1-D, got shape ", indices.sizes());
+  const int64_t b = indices.size(0);
+  TORCH_CHECK_TYPE(at::isFloatingType(probs.scalar_type()), "probs must be a floating tensor, got ",
+                   probs.scalar_type());
+  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(0) == b && probs.size(1) == q,
+                    "probs must have shape (", b, ", ", q, ") (len(indices), num_labels), got ",
+                    probs.sizes());
+  for (const at::Tensor* t : {&indices, &probs}) {
+    TORCH_CHECK_VALUE(t->device() == device, "all tensors must be on the device of ", device_of,
+                      " (", device, "), got ", t->device());
+  }
+  const at::Tensor idx = indices.contiguous();
+  std::vector<int64_t> sorted(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + b);
+  std::sort(sorted.begin(), sorted.end());
+  if (b > 0) {
+    TORCH_CHECK_INDEX(sorted.front() >= 0 && sorted.back() < n, "indices must be in [0, ", n,
+                      "), got values in [", sorted.front(), ", ", sorted.back(), "]");
+  }
+  TORCH_CHECK_VALUE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
+                    "indices must not contain duplicates within one call");
+  return sorted;
+}
+
+// seen >= 0 at every index in `rows`: a negative count would address a slot outside the
+// sample's ring.
+template <typename Rows>
+inline void check_seen_at(const int64_t* seen, const Rows& rows) {
+  for (int64_t i : rows) {
+    TORCH_CHECK_VALUE(seen[i] >= 0,
+                      "seen must be >= 0 (observation counts) at every index observed, got seen[",
+                      i, "] = ", seen[i]);
+  }
+}
+
+// Every value of the (rows, q) tensor finite and in [0, 1] (NaN fails both comparisons). A
+// branch-free pass the compiler vectorises; the offending value is looked up only on failure.
+// Up to `serial` values run on the calling thread: in a training loop the other threads are
+// asleep between steps, and waking them costs more than a batch's check.
+inline void check_probs_values(const at::Tensor& probs, const char* name, int64_t serial) {
+  const int64_t rows = probs.size(0), q = probs.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, probs.scalar_type(), "probs_check", [&] {
+        using V = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+        const at::Tensor p = probs.contiguous();
+        const scalar_t* ptr = p.data_ptr<scalar_t>();
+        std::atomic<bool> bad{false};
+        at::parallel_for(0, rows, std::max<int64_t>(1, serial / std::max<int64_t>(1, q)),
+                         [&](int64_t r0, int64_t r1) {
+                           int out = 0;
+                           for (int64_t i = r0 * q; i < r1 * q; ++i) {
+                             const V v = static_cast<V>(ptr[i]);
+                             out |= static_cast<int>(!(v >= V(0))) | static_cast<int>(!(v <= V(1)));
+                           }
+                           if (out) bad = true;
+                         });
+        for (int64_t i = 0; bad && i < rows * q; ++i) {
+          const double v = static_cast<double>(ptr[i]);
+          TORCH_CHECK_VALUE(v >= 0.0 && v <= 1.0, name,
+                            " must be finite and in [0, 1] (after sigmoid); ", name, "[", i / q,
+                            ", ", i % q, "] = ", v);
+        }
+      });
+}
+
+}  // namespace ubs_kernels::cpu::observe_checks
