@@ -42,6 +42,11 @@ TORCH_LIBRARY(ubs_kernels, m) {
       "observe_staged(Tensor(a!) history, Tensor(b!) seen, Tensor(c!) uncertainty, "
       "Tensor(d!) bins, Tensor staged_indices, Tensor staged_probs, float lam, int tau) -> ()");
 
+  // One selection epoch (ubs_kernels/sampling.py): `batches` rows of min(batch_size, support)
+  // distinct samples, each drawn by successive sampling from P = softmax(log_p), rows
+  // independent; random numbers from `generator` (CPU). log_p (n,) floating -> (batches, b) i64.
+  m.def("plan_weighted(Tensor log_p, int batch_size, int batches, Generator? generator) -> Tensor");
+
   // Mutual information (SPEC.md Eq. 6, natural log) between every pair of label columns of
   // the binned U, diagonal 1. bins (n, q) u8 in [0, tau) -> (q, q) f32, or with rowsum the
   // row sums (q,) f32 without materialising q x q.

@@ -92,3 +92,43 @@ def test_uniform_plan_is_a_permutation():
     assert sampling.plan_uniform(10, 4, True, g).numel() == 8
     assert sampling.num_batches(10, 4, False) == 3
     assert sampling.num_batches(10, 4, True) == 2
+
+
+@pytest.mark.parametrize(
+    ("log_p", "b", "batches"),
+    [
+        (torch.randn(1000, generator=torch.Generator().manual_seed(1)) * 3, 32, 31),  # the selector's case
+        (torch.log(torch.rand(5000, generator=torch.Generator().manual_seed(2))).double(), 128, 40),
+        (torch.tensor([0.0, 0.0, 0.0, -float("inf"), -float("inf")]), 4, 5),  # b capped by the support
+        (torch.tensor([0.0] + [-12.0] * 9), 10, 4),  # rows whose streams are continued
+        (torch.tensor([0.0] + [-9.0] * 299), 64, 6),  # continued over several doubling chunks
+        (torch.zeros(7), 3, 0),  # no batch
+        (torch.zeros(1), 5, 3),  # one sample
+    ],
+)
+def test_native_plan_equals_the_torch_version(log_p, b, batches):
+    """The native kernel draws the same random numbers in the same order and keeps the same
+    values, so the plans are equal, continued rows included."""
+    if not sampling.native_ops.has_kernel("plan_weighted", "CPU"):
+        pytest.skip("the native extension is not built")
+    for seed in range(3):
+        ours = sampling.plan_weighted(log_p, b, batches, sampling.epoch_generator(seed, 1), backend="cpu")
+        torch_version = sampling.plan_weighted(log_p, b, batches, sampling.epoch_generator(seed, 1), backend="torch")
+        assert ours.dtype == torch_version.dtype == torch.int64
+        assert torch.equal(ours, torch_version)
+
+
+def test_plan_backend_is_checked():
+    with pytest.raises(ValueError, match="backend"):
+        sampling.plan_weighted(torch.zeros(4), 2, 1, sampling.epoch_generator(0, 0), backend="cuda")
+
+
+def test_opcheck_native_plan():
+    if not sampling.native_ops.has_kernel("plan_weighted", "CPU"):
+        pytest.skip("the native extension is not built")
+    log_p = torch.randn(200, generator=torch.Generator().manual_seed(0))
+    torch.library.opcheck(
+        torch.ops.ubs_kernels.plan_weighted.default,
+        (log_p, 16, 5, sampling.epoch_generator(0, 0)),
+        test_utils=("test_schema", "test_faketensor"),
+    )

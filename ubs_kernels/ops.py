@@ -39,6 +39,7 @@ NATIVE_BACKENDS = ("cpu", "cuda")  # the C++/CUDA kernels: they check their argu
 _NATIVE_NAMES = {
     op: op for op in ("observe", "record", "stage", "observe_staged", "uncertainty", "label_mi", "selection_log_probs")
 }
+_NATIVE_NAMES["plan_weighted"] = "plan_weighted"  # the epoch plan (ubs_kernels.sampling), CPU only
 
 selection_pressure = reference.selection_pressure
 
@@ -373,6 +374,11 @@ if native_ops.loaded:
     @torch.library.register_fake("ubs_kernels::observe_staged")
     def _observe_staged_fake(history, seen, uncertainty, bins, staged_indices, staged_probs, lam, tau):
         return None
+
+    @torch.library.register_fake("ubs_kernels::plan_weighted")
+    def _plan_weighted_fake(log_p, batch_size, batches, generator=None):
+        # min(batch_size, samples with P > 0): data-dependent
+        return log_p.new_empty((batches, torch.library.get_ctx().new_dynamic_size()), dtype=torch.int64)
 
     @torch.library.register_fake("ubs_kernels::label_mi")
     def _label_mi_fake(bins, tau, rowsum=False):

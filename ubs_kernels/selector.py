@@ -188,7 +188,9 @@ class BatchSelector(torch.utils.data.Sampler):
             offsets = torch.arange(0, order.numel() + self.batch_size, self.batch_size).clamp_(max=order.numel())
             offsets = torch.unique_consecutive(offsets)
         else:
-            rows = sampling.plan_weighted(log_p, self.batch_size, len(self), generator)
+            # the plan is made on the CPU; a selector on the torch backend keeps to torch there too
+            backend = "torch" if getattr(self, "backend", None) == "torch" else None
+            rows = sampling.plan_weighted(log_p, self.batch_size, len(self), generator, backend)
             order = rows.flatten()
             offsets = torch.arange(rows.shape[0] + 1) * rows.shape[1]
         order = shard.to_global(order)
@@ -201,14 +203,15 @@ class BatchSelector(torch.utils.data.Sampler):
             self._plan = None
         if self._plan is None:
             self._plan_epoch()
-        source = bounds = None
+        source = views = None
         while self._cursor < self._offsets.numel() - 1:
-            if source is not self._offsets:  # Python ints: slicing by tensor scalars costs ~10 µs
+            if source is not self._offsets:  # the batches as views, made once per plan
                 source, bounds = self._offsets, self._offsets.tolist()
+                whole = bounds[0] == 0 and bounds[-1] == self._plan.numel()
+                views = self._plan.tensor_split(bounds[1:-1]) if whole else None
             k = self._cursor
-            batch = self._plan[bounds[k] : bounds[k + 1]]
             self._cursor = k + 1
-            yield batch
+            yield views[k] if views is not None else self._plan[bounds[k] : bounds[k + 1]]
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (``DistributedSampler``-style).
