@@ -11,11 +11,15 @@ Two parts, one CSV (``selector.csv``):
   q=374, b=128, python/demo.py's MLP with 499 input features and its optimiser, Adam at 1e-3,
   trained as it is measured, so U and its bins are those of a training run): per epoch, the
   time spent drawing batches (the epoch-boundary refresh of MI row sums, P and the plan
-  included) and turning logits into probabilities and observing them, against the rest of the
-  same epoch (batch loading, forward, backward, optimiser step). ``overhead_share`` is the
-  ratio of the medians over epochs; ``overhead_share_vs_uniform_epoch`` divides by a
-  separately timed epoch on uniform batches instead. The MI row sums alone on the final state
-  are the ``ubs_label_mi_rowsums`` row. The ``data`` column says what it trains on:
+  included) and observing each step's logits (``observe(indices, logits=...)``, which applies
+  the sigmoid itself), against the rest of the same epoch (batch loading, forward, backward,
+  optimiser step). ``overhead_share`` is the ratio of the medians over epochs;
+  ``overhead_share_vs_uniform_epoch`` divides by a separately timed epoch on uniform batches
+  instead. Drawing batches is split into its parts, per epoch (medians): ``ubs_selector_
+  apply_staged`` (the staged steps applied, U and bins of the touched samples),
+  ``ubs_selector_label_mi_rowsums``, ``ubs_selector_selection_log_probs`` and
+  ``ubs_selector_plan``; the MI row sums alone on the final state are the
+  ``ubs_label_mi_rowsums`` row. The ``data`` column says what it trains on:
 
   - ``demo``: python/demo.py's data (``make_multilabel_classification``, min-max scaled) at
     Corel5k's size. The target (under 10 %) is stated for this run.
@@ -123,8 +127,8 @@ def epoch_data(scenario: str, n: int, q: int, d: int, seed: int):
 
 def bench_epoch(scenario: str, n: int, q: int, d: int, b: int, args, writer: harness.ResultWriter) -> None:
     """The selector inside a real training loop: per epoch, the time spent in the selector
-    (drawing each batch, which includes the epoch-boundary refresh and plan, and turning the
-    logits into probabilities and observing them) against the rest of the epoch (loading the
+    (drawing each batch, which includes the epoch-boundary refresh and plan, and observing the
+    logits) against the rest of the epoch (loading the
     batch, forward, backward, optimiser step). Both come from the same epochs, so they share
     the machine's state; the median over epochs is reported. A separately timed epoch of plain
     uniform batches (the yardstick without any selector) is reported beside them."""
@@ -151,7 +155,7 @@ def bench_epoch(scenario: str, n: int, q: int, d: int, b: int, args, writer: har
         return logits
 
     def selected_epoch() -> tuple[float, float, float]:
-        """Seconds (drawing batches, sigmoid + observe, the rest of the epoch)."""
+        """Seconds (drawing batches, observe, the rest of the epoch)."""
         draw = observe = rest = 0.0
         batches = iter(sel)
         while True:
@@ -163,7 +167,7 @@ def bench_epoch(scenario: str, n: int, q: int, d: int, b: int, args, writer: har
                 return draw, observe, rest
             logits = train_step(idx)
             t2 = time.perf_counter()
-            sel.observe(idx, torch.sigmoid(logits.detach()))
+            sel.observe(idx, logits=logits.detach())  # the sigmoid is applied as the step is staged
             observe += time.perf_counter() - t2
             rest += t2 - t1
 
@@ -171,17 +175,51 @@ def bench_epoch(scenario: str, n: int, q: int, d: int, b: int, args, writer: har
         for idx in torch.randperm(n, generator=g).split(b):
             train_step(idx)
 
-    for _ in range(3):  # warm-up epoch (uniform), then selection epochs: history filled, P in use
-        selected_epoch()
-    assert sel.selecting
-    parts = []  # per epoch: (draw, observe, rest)
-    start = time.perf_counter()
-    while not parts or not (args.quick or (len(parts) >= 3 and time.perf_counter() - start > 10 * args.min_run_time)):
-        parts.append(selected_epoch())
+    # Where the epoch boundary's time goes: these calls are timed as they happen (a wrapper of
+    # ~1 us per call), summed per epoch.
+    spent: dict[str, float] = {}
+
+    def timed(fn, name):
+        def call(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+
+        return call
+
+    import ubs_kernels.selector as selector_module  # noqa: PLC0415
+
+    wrapped = [
+        (selector_module.ops, "observe_staged", "apply_staged"),
+        (selector_module.ops, "uncertainty", "apply_staged"),  # the record path (CUDA, Triton)
+        (selector_module.ops, "label_mi", "label_mi_rowsums"),
+        (selector_module.ops, "selection_log_probs", "selection_log_probs"),
+        (selector_module.sampling, "plan_weighted", "plan"),
+    ]
+    originals = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in wrapped]
+    for mod, attr, name in wrapped:
+        setattr(mod, attr, timed(getattr(mod, attr), name))
+    try:
+        for _ in range(3):  # warm-up epoch (uniform), then selection epochs: history filled, P in use
+            selected_epoch()
+        assert sel.selecting
+        parts, breakdown = [], []  # per epoch: (draw, observe, rest), {part: seconds}
+        start = time.perf_counter()
+        while not parts or not (
+            args.quick or (len(parts) >= 3 and time.perf_counter() - start > 10 * args.min_run_time)
+        ):
+            spent.clear()
+            parts.append(selected_epoch())
+            breakdown.append(dict(spent))
+    finally:
+        for mod, attr, fn in originals:
+            setattr(mod, attr, fn)
     draw_s, observe_s, rest_s = zip(*parts, strict=True)
     t_sel = harness.timing_from_samples([d + o for d, o, _ in parts], "selector time within selected training epochs")
     t_draw = harness.timing_from_samples(list(draw_s), "drawing batches: MI row sums, P and the plan included")
-    t_obs = harness.timing_from_samples(list(observe_s), "sigmoid and observe, every step of the epoch")
+    t_obs = harness.timing_from_samples(list(observe_s), "observe(logits=...), every step of the epoch")
     t_rest = harness.timing_from_samples(list(rest_s), "rest of the same epochs: load, forward, backward, step")
     t_mlp = harness.time_call(uniform_epoch, "cpu", args.min_run_time, args.quick)
     key = {"device": "cpu", "n": n, "q": q, "tau": 10, "T": 5, "batch": b, "dtype": "float16", "data": scenario}
@@ -190,6 +228,11 @@ def bench_epoch(scenario: str, n: int, q: int, d: int, b: int, args, writer: har
     writer.timing({"provider": "ubs_selector_observe", **key}, t_obs)
     writer.timing({"provider": "training_in_selected_epoch", **key}, t_rest)
     writer.timing({"provider": "demo_mlp_epoch", **key}, t_mlp)
+    for name in ("apply_staged", "label_mi_rowsums", "selection_log_probs", "plan"):
+        t_part = harness.timing_from_samples(
+            [b.get(name, 0.0) for b in breakdown], f"of drawing batches: {name.replace('_', ' ')}, per epoch"
+        )
+        writer.timing({"provider": f"ubs_selector_{name}", **key}, t_part)
     share = t_sel.median / t_rest.median
     writer.metric({"provider": "ubs_selector_epoch", **key}, t_sel, "overhead_share", share)
     writer.metric(
@@ -199,7 +242,7 @@ def bench_epoch(scenario: str, n: int, q: int, d: int, b: int, args, writer: har
         f"[epoch {scenario} {n}x{q}, {len(parts)} epochs] selector {harness.fmt_s(t_sel.median)} vs the rest of "
         f"the epoch {harness.fmt_s(t_rest.median)}: {100 * share:.1f}% (a uniform epoch: "
         f"{harness.fmt_s(t_mlp.median)}, {100 * t_sel.median / t_mlp.median:.1f}%); drawing batches "
-        f"{harness.fmt_s(t_draw.median)}, sigmoid + observe {harness.fmt_s(t_obs.median)}",
+        f"{harness.fmt_s(t_draw.median)}, observe {harness.fmt_s(t_obs.median)}",
         flush=True,
     )
     mi = harness.time_call(sel.label_correlation_rowsums, "cpu", args.min_run_time, args.quick)

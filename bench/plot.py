@@ -43,6 +43,15 @@ def read_rows(folder: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _detail(row: dict[str, str]) -> bool:
+    """Rows the plots leave to the CSV: the selector's parts of drawing batches, and its epoch
+    rows on data other than the demo's (one plot per op stays readable)."""
+    if row.get("op") != "selector":
+        return False
+    parts = ("apply_staged", "label_mi_rowsums", "selection_log_probs", "plan")
+    return row.get("data", "") not in ("", "demo") or row["provider"] in [f"ubs_selector_{p}" for p in parts]
+
+
 def series_name(row: dict[str, str], dtypes: set[str]) -> str:
     name = row["provider"]
     if row.get("rowsum") == "True":
@@ -51,6 +60,8 @@ def series_name(row: dict[str, str], dtypes: set[str]) -> str:
         name += f" [{row['dtype']}]"
     if row.get("device") and row["device"] != "cpu":
         name += f" ({row['device']})"
+    if row.get("data"):  # selector epoch rows: the training data
+        name += f" / {row['data']}"
     return name
 
 
@@ -104,7 +115,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     by_op: dict[str, list[dict[str, str]]] = defaultdict(list)
     for r in read_rows(args.dir):
-        if r.get("metric") == "time_s" and r.get("median_s"):
+        if r.get("metric") == "time_s" and r.get("median_s") and not _detail(r):
             by_op[r["op"]].append(r)
     if not by_op:
         raise SystemExit(f"no timing rows in {args.dir}/*.csv")

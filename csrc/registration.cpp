@@ -26,12 +26,13 @@ TORCH_LIBRARY(ubs_kernels, m) {
   // One training step's observation, checked as observe checks it (indices distinct in
   // [0, num_samples), probs finite in [0, 1]) and appended to a staging buffer at row `offset`:
   // indices to staged_indices, probs rounded to the buffer's dtype (the history dtype) as the
-  // ring write rounds them. Nothing else is written.
+  // ring write rounds them. Nothing else is written. With logits, `probs` holds logits
+  // (anything but NaN) and the buffer gets their sigmoid (in float32).
   //   staged_indices (capacity,) i64, staged_probs (capacity, q) f16|f32, indices (b,) i64,
   //   probs (b, q) f32|f16|bf16|f64, 0 <= offset <= capacity - b.
   m.def(
       "stage(Tensor(a!) staged_indices, Tensor(b!) staged_probs, int offset, Tensor indices, "
-      "Tensor probs, int num_samples) -> ()");
+      "Tensor probs, int num_samples, bool logits=False) -> ()");
 
   // The staged steps applied in order: the same history, seen, uncertainty and bins as calling
   // observe for each staged step in turn (a sample may appear in several steps). U and bins are

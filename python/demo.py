@@ -4,7 +4,7 @@ Trains a small MLP on a synthetic multi-label dataset (sklearn's
 ``make_multilabel_classification``) with its mini-batches drawn by
 :class:`ubs_kernels.UncertaintyBatchSelector` (Zhou et al., AAAI 2025; exact rules in SPEC.md):
 
-* every training step, ``selector.observe(indices, probs)`` records the batch's sigmoid
+* every training step, ``selector.observe(indices, logits=logits)`` records the batch's sigmoid
   outputs and refreshes those samples' uncertainty U (Eq. 1, 4, 5) and its bins;
 * at each epoch boundary the selector computes the row sums of the label-correlation matrix
   C (Eq. 6) and the sampling distribution P (Eq. 7-10) under the pressure s_t of Eq. 11, and
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
             opt.step()
             loss_sum += loss.item()  # also syncs, so the observe timing below is its own
             t1 = time.perf_counter()
-            selector.observe(idx_dev, logits.detach().sigmoid())
+            selector.observe(idx_dev, logits=logits.detach())  # the selector applies the sigmoid
             sync()
             overhead += time.perf_counter() - t1
             steps += 1

@@ -127,7 +127,7 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            selector.observe(indices, logits.detach().sigmoid())
+            selector.observe(indices, logits=logits.detach())
             total, steps = total + loss.item(), steps + 1
         (loss_mean,) = mean_over_ranks([total / steps], device)
         with torch.no_grad():

@@ -112,6 +112,10 @@ def test_selector_csv(results: Path) -> None:
             "training_in_selected_epoch",
             "demo_mlp_epoch",
             "ubs_label_mi_rowsums",
+            "ubs_selector_apply_staged",
+            "ubs_selector_label_mi_rowsums",
+            "ubs_selector_selection_log_probs",
+            "ubs_selector_plan",
         },
     )
     metrics = {r["metric"] for r in rows}

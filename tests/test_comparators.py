@@ -183,3 +183,32 @@ def test_labels_must_be_binary():
         ubs.BalanceSelector(torch.full((4, 2), 0.5))
     with pytest.raises(ValueError, match="labels"):
         ubs.HardImbalanceSelector(torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ubs.ActiveBiasSelector(N, Q, batch_size=B, warmup=1),
+        lambda: ubs.RecencyBiasSelector(N, Q, batch_size=B, warmup=1),
+        lambda: ubs.HardImbalanceSelector(labels(), batch_size=B, warmup=1),
+        lambda: ubs.BalanceSelector(labels(), batch_size=B),
+        lambda: ubs.RandomSelector(N, batch_size=B),
+    ],
+)
+def test_every_comparator_takes_logits_as_their_sigmoid(make):
+    """Same interface as UncertaintyBatchSelector: observe(indices, logits=x) is
+    observe(indices, torch.sigmoid(x)); NaN logits raise and change nothing."""
+    a, b = make(), make()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for ia, ib in zip(a, b, strict=True):
+            assert torch.equal(ia, ib)
+            x = torch.randn(len(ia), Q, generator=gen) * 3
+            a.observe(ia, logits=x)
+            b.observe(ib, torch.sigmoid(x))
+    before = a.state_dict()
+    with pytest.raises(ValueError, match="logits must not be NaN"):
+        a.observe(torch.tensor([0, 1]), logits=torch.full((2, Q), float("nan")))
+    after, expected = a.state_dict(), b.state_dict()
+    for key, value in expected["state"].items():
+        assert torch.equal(after["state"][key], value) and torch.equal(before["state"][key], value), key

@@ -153,6 +153,39 @@ def test_staged_and_recorded_paths_give_the_same_run():
     assert all(e1 == e2 and torch.equal(x, y) for (e1, x), (e2, y) in zip(got_a, got_b, strict=True))
 
 
+@pytest.mark.parametrize("path", ["staged-native", "staged-torch", "recorded"])
+def test_observe_logits_is_observe_of_their_sigmoid(path):
+    """observe(indices, logits=x) records sigmoid(x): the same state as observe(indices,
+    torch.sigmoid(x)) (the native kernel's float32 sigmoid may differ in a last bit, which
+    float16 rounding absorbs: every value was the same in this run)."""
+    kw = {"backend": "torch"} if path == "staged-torch" else {}
+    a, b = make(**kw), make(**kw)
+    if path == "recorded":
+        record_each_step(a)
+        record_each_step(b)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for indices in a:
+            x = torch.randn(len(indices), 7, generator=gen) * 4
+            next(iter(b))  # b's epochs follow a's: same plan, same batches
+            a.observe(indices, logits=x)
+            b.observe(indices, torch.sigmoid(x))
+        b._cursor = len(b)
+    for key in ("history", "seen", "uncertainty", "bins"):
+        assert torch.equal(a.state_dict()["state"][key], b.state_dict()["state"][key]), key
+
+
+def test_observe_takes_probs_or_logits_not_both():
+    sel = make()
+    with pytest.raises(TypeError, match="exactly one of probs"):
+        sel.observe(torch.tensor([0, 1]), torch.full((2, 7), 0.5), logits=torch.zeros(2, 7))
+    with pytest.raises(TypeError, match="exactly one of probs"):
+        sel.observe(torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="logits must not be NaN"):
+        sel.observe(torch.tensor([0, 1]), logits=torch.full((2, 7), float("nan")))
+    assert sel._staged == 0
+
+
 def test_same_seed_same_batches_other_seed_other_batches():
     a, b, c = [], [], []
     run(make(), 5, 7, a)

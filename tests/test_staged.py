@@ -255,3 +255,49 @@ def test_opcheck_native_stage_and_observe_staged(history_dtype):
     state = make_state(20, 3, 6, history_dtype)
     staged = (torch.randint(0, 20, (30,), generator=gen), torch.rand(30, 6, generator=gen).to(history_dtype))
     torch.library.opcheck(torch.ops.ubs_kernels.observe_staged.default, (*state, *staged, 0.5, 10))
+
+
+LOGITS = torch.tensor(
+    [[-float("inf"), -100.0, -88.7, -87.3, -20.0, -1e-8, -0.0],
+     [0.0, 1e-8, 0.5, 3.0, 20.0, 88.7, float("inf")]]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("history_dtype", [torch.float16, torch.float32])
+def test_stage_logits_is_the_sigmoid(backend, history_dtype):
+    """Logits go in as their sigmoid (float32), against float64 and torch.sigmoid."""
+    require_backend("stage", backend)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([LOGITS, torch.randn(300, 7, generator=gen) * 6])
+    b = x.shape[0]
+    sidx, sprobs = torch.zeros(b, dtype=torch.int64), torch.zeros(b, 7, dtype=history_dtype)
+    ubs.stage(sidx, sprobs, 0, torch.arange(b), x, b, logits=True, backend=backend)
+    exact = torch.sigmoid(x.double())
+    if history_dtype == torch.float32:
+        torch.testing.assert_close(sprobs.double(), exact, rtol=2.5e-7, atol=1e-38)
+    else:  # float16: within half a float16 ulp of the exact value, as torch's rounding is
+        ulp = torch.where(exact < 2**-14, 2.0**-24, 2.0 ** (torch.floor(torch.log2(exact)) - 10))
+        assert bool(((sprobs.double() - exact).abs() <= ulp / 2 * (1 + 1e-6)).all())
+        if backend == "torch":
+            assert torch.equal(sprobs, torch.sigmoid(x).half())
+    assert sprobs[0, 0] == 0 and sprobs[1, -1] == 1 and sprobs[1, 0] == 0.5
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "native"])
+def test_stage_rejects_nan_logits_and_leaves_buffers(backend):
+    require_backend("stage", "cpu" if backend == "native" else backend)
+    buffers = _buffers()
+    before = clone_state(buffers)
+    x = torch.zeros(3, Q)
+    x[2, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"logits must not be NaN; logits\[2, 4\]"):
+        if backend == "native":
+            torch.ops.ubs_kernels.stage(*buffers, 0, IDX, x, N, True)
+        else:
+            ubs.stage(*buffers, 0, IDX, x, N, logits=True, backend=backend)
+    assert_state_equal(buffers, before)
+    # Out-of-range values are fine as logits: only probabilities must be in [0, 1].
+    ubs.stage(
+        *buffers, 0, IDX, torch.full((3, Q), 5.0), N, logits=True, backend="cpu" if backend == "native" else backend
+    )

@@ -174,6 +174,30 @@ def check_staged(staged_indices, staged_probs, history: torch.Tensor, values: bo
     return staged_indices, staged_probs
 
 
+def check_logits(logits, b: int, q: int, device: torch.device, values: bool = True) -> torch.Tensor:
+    """``(b, q)`` floating logits, no NaN (the values only with ``values``); infinities are
+    allowed (their sigmoid is 0 or 1)."""
+    logits = _tensor("logits", logits)
+    if logits.dtype not in _PROB_DTYPES:
+        raise TypeError(f"logits must be a floating tensor (float32/float16/bfloat16/float64), got {logits.dtype}")
+    if tuple(logits.shape) != (b, q):
+        raise ValueError(f"logits must have shape ({b}, {q}) (len(indices), num_labels), got {tuple(logits.shape)}")
+    _same_device("logits", logits, device, "history")
+    if values and logits.numel():
+        bad = torch.isnan(logits)
+        if bool(bad.any()):
+            first = bad.nonzero()[0].tolist()
+            raise ValueError(f"logits must not be NaN; logits{first} = {logits[tuple(first)].item()}")
+    return logits
+
+
+def probs_or_logits(probs, logits) -> tuple[object, bool]:
+    """The one of ``probs`` and ``logits`` given, and whether it is logits."""
+    if (probs is None) == (logits is None):
+        raise TypeError("pass exactly one of probs (after sigmoid) and logits (before sigmoid)")
+    return (probs, False) if logits is None else (logits, True)
+
+
 def check_bins(bins, tau: int) -> torch.Tensor:
     """``(n, q)`` integer bins in ``[0, tau)``."""
     bins = _tensor("bins", bins)

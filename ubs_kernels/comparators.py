@@ -156,8 +156,8 @@ class ActiveBiasSelector(_ScoredSelector):
     def _state_bytes(self) -> int:
         return self.num_samples * (8 * self.num_labels + 8)
 
-    def observe(self, indices, probs) -> None:
-        indices, probs = self._checked_observation(indices, probs)
+    def observe(self, indices, probs=None, *, logits=None) -> None:
+        indices, probs = self._checked_observation(indices, probs, logits)
         x = probs.to(torch.float32)
         count = (self.seen[indices] + 1).to(torch.float32).unsqueeze(1)
         mean = self._mean[indices]
@@ -219,8 +219,8 @@ class RecencyBiasSelector(_ScoredSelector):
     def _state_bytes(self) -> int:
         return self.num_samples * (self.window * self.num_labels + 8)
 
-    def observe(self, indices, probs) -> None:
-        indices, probs = self._checked_observation(indices, probs)
+    def observe(self, indices, probs=None, *, logits=None) -> None:
+        indices, probs = self._checked_observation(indices, probs, logits)
         slot = self.seen[indices] % self.window
         self._ring[indices, slot] = probs >= 0.5
         self.seen[indices] += 1
@@ -318,8 +318,8 @@ class HardImbalanceSelector(_ScoredSelector):
     def _state_bytes(self) -> int:
         return self.num_samples * (5 * self.num_labels + 12)
 
-    def observe(self, indices, probs) -> None:
-        indices, probs = self._checked_observation(indices, probs)
+    def observe(self, indices, probs=None, *, logits=None) -> None:
+        indices, probs = self._checked_observation(indices, probs, logits)
         p = probs.to(torch.float32).clamp(1e-7, 1 - 1e-7)
         y = self._labels[indices]
         bce = -torch.where(y, torch.log(p), torch.log1p(-p))

@@ -142,12 +142,20 @@ def record(history: torch.Tensor, seen: torch.Tensor, indices: torch.Tensor, pro
 
 
 def stage(
-    staged_indices: torch.Tensor, staged_probs: torch.Tensor, offset: int, indices: torch.Tensor, probs: torch.Tensor
+    staged_indices: torch.Tensor,
+    staged_probs: torch.Tensor,
+    offset: int,
+    indices: torch.Tensor,
+    probs: torch.Tensor,
+    logits: bool = False,
 ) -> None:
-    """One step's observation into the staging buffers at row ``offset`` (probs rounded to their dtype)."""
+    """One step's observation into the staging buffers at row ``offset`` (probs rounded to their
+    dtype; with ``logits``, their sigmoid in float32)."""
     b = indices.shape[0]
     staged_indices[offset : offset + b] = indices.long()
-    staged_probs[offset : offset + b] = probs.to(staged_probs.dtype)
+    staged_probs[offset : offset + b] = (torch.sigmoid(probs.to(torch.float32)) if logits else probs).to(
+        staged_probs.dtype
+    )
 
 
 def observe_staged(

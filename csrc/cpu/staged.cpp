@@ -27,24 +27,54 @@ namespace ubs_kernels::cpu {
 namespace {
 
 template <typename H, typename P>
-void stage_rows(H* dst, const P* src, int64_t b, int64_t q) {
+void stage_rows(H* dst, const P* src, int64_t b, int64_t q, bool logits) {
   const RowKernels<H> kernels = row_kernels<H>();
-  // Probabilities that are not float32 go through float32 first, as observe's ring write.
-  std::vector<float> converted(std::is_same_v<P, float> ? 0 : q);
-  for (int64_t r = 0; r < b; ++r) {
-    const float* row;
-    if constexpr (std::is_same_v<P, float>) {
-      row = src + r * q;
-    } else {
-      for (int64_t j = 0; j < q; ++j) converted[j] = static_cast<float>(src[r * q + j]);
-      row = converted.data();
+  const auto store = logits ? kernels.store_sigmoid : kernels.store;
+  // Values that are not float32 go through float32 first, as observe's ring write.
+  // The sigmoid is compute-bound: it takes both threads from 2^14 values; a plain copy stays on
+  // the calling thread (see record).
+  const int64_t grain = logits ? std::max<int64_t>(1, (1 << 14) / q) : b;
+  at::parallel_for(0, b, grain, [&](int64_t r0, int64_t r1) {
+    std::vector<float> converted(std::is_same_v<P, float> ? 0 : q);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row;
+      if constexpr (std::is_same_v<P, float>) {
+        row = src + r * q;
+      } else {
+        for (int64_t j = 0; j < q; ++j) converted[j] = static_cast<float>(src[r * q + j]);
+        row = converted.data();
+      }
+      store(row, dst + r * q, q);
     }
-    kernels.store(row, dst + r * q, q);
-  }
+  });
+}
+
+// Logits: anything but NaN (a branch-free pass; the offending value looked up on failure).
+void check_logits_values(const at::Tensor& x) {
+  const int64_t size = x.numel(), q = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "logits_check", [&] {
+    using V = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const at::Tensor c = x.contiguous();
+    const scalar_t* ptr = c.data_ptr<scalar_t>();
+    std::atomic<bool> bad{false};
+    at::parallel_for(0, size, int64_t{1} << 14, [&](int64_t begin, int64_t end) {  // as the sigmoid
+      int out = 0;
+      for (int64_t i = begin; i < end; ++i) {
+        const V v = static_cast<V>(ptr[i]);
+        out |= static_cast<int>(v != v);
+      }
+      if (out) bad = true;
+    });
+    for (int64_t i = 0; bad && i < size; ++i) {
+      const double v = static_cast<double>(ptr[i]);
+      TORCH_CHECK_VALUE(v == v, "logits must not be NaN; logits[", i / q, ", ", i % q, "] = ", v);
+    }
+  });
 }
 
 void stage_cpu(at::Tensor staged_indices, at::Tensor staged_probs, int64_t offset,
-               const at::Tensor& indices, const at::Tensor& probs, int64_t num_samples) {
+               const at::Tensor& indices, const at::Tensor& probs, int64_t num_samples,
+               bool logits) {
   TORCH_CHECK_TYPE(staged_indices.scalar_type() == at::kLong, "staged_indices must be int64, got ",
                    staged_indices.scalar_type());
   TORCH_CHECK_TYPE(
@@ -70,16 +100,21 @@ void stage_cpu(at::Tensor staged_indices, at::Tensor staged_probs, int64_t offse
   TORCH_CHECK_VALUE(offset >= 0 && offset <= capacity - b, "offset must be in [0, ", capacity - b,
                     "] (capacity ", capacity, " minus the ", b, " rows of this call), got ",
                     offset);
-  observe_checks::check_probs_values(probs, "probs", int64_t{1} << 18);
+  if (logits) {
+    check_logits_values(probs);
+  } else {
+    observe_checks::check_probs_values(probs, "probs", int64_t{1} << 18);
+  }
   if (b == 0) return;
   std::memcpy(staged_indices.data_ptr<int64_t>() + offset, indices.contiguous().data_ptr<int64_t>(),
               b * sizeof(int64_t));
   const at::Tensor p = probs.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "stage_cpu", [&] {
     if (staged_probs.scalar_type() == at::kHalf) {
-      stage_rows(staged_probs.data_ptr<at::Half>() + offset * q, p.data_ptr<scalar_t>(), b, q);
+      stage_rows(staged_probs.data_ptr<at::Half>() + offset * q, p.data_ptr<scalar_t>(), b, q,
+                 logits);
     } else {
-      stage_rows(staged_probs.data_ptr<float>() + offset * q, p.data_ptr<scalar_t>(), b, q);
+      stage_rows(staged_probs.data_ptr<float>() + offset * q, p.data_ptr<scalar_t>(), b, q, logits);
     }
   });
 }

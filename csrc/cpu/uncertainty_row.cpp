@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "isa.h"
 
@@ -73,6 +74,35 @@ inline F log2_approx(const F& x) {
   return __builtin_convertvector(e, F) + ln * 1.44269504088896341f;
 }
 
+// exp(x), Cephes expf: x = k ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts), exp(r) by a
+// degree-6 polynomial, times 2^k from the exponent bits. Below x = -87.3 the result is that of
+// -87.3 (about 1e-38), above 88.7 it is inf: sigmoid(x) = 1 / (1 + exp(-x)) is then exactly 1
+// above x = 87.3 and exactly 0 below x = -88.7, as torch's.
+template <class F, class I = decltype(F{} < 0.f)>
+inline F exp_approx(F x) {
+  const I overflow = x > 88.7f;
+  x = x < -87.3f ? F{} - 87.3f : x;
+  x = overflow ? F{} + 88.7f : x;
+  F t = x * 1.44269504088896341f + 0.5f;
+  I k = __builtin_convertvector(t, I);  // truncation: floor for t >= 0, one more below
+  k -= (I)(__builtin_convertvector(k, F) > t) & 1;
+  const F fk = __builtin_convertvector(k, F);
+  x = x - fk * 0.693359375f - fk * -2.12194440e-4f;
+  const F z = x * x;
+  F y = F{} + 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * z + x + 1.f;
+  // 2^k in two halves, so k = 128 (x near 88.7) stays finite: 2^(k/2) 2^(k - k/2).
+  const I half = k >> 1;
+  const F a = (F)((half + 127) << 23), b = (F)((k - half + 127) << 23);
+  const F inf = (F)(I{} + 0x7f800000);
+  return overflow ? inf : y * a * b;
+}
+
 // Eq. 1 in bits; e(0) = e(1) = 0 exactly (every Ops::log2 is finite at 0 and exact at 1).
 template <class Ops, class F>
 inline F entropy(const F& p) {
@@ -108,6 +138,11 @@ struct Generic {
   static void store(const float* src, at::Half* dst, int64_t q) {
     for (int64_t j = 0; j < q; ++j) dst[j] = at::Half(src[j]);
   }
+  // One vector of float32 values into H: memory order, H rounded to nearest even.
+  static void store_vec(const F& v, float* dst) { std::memcpy(dst, &v, sizeof v); }
+  static void store_vec(const F& v, at::Half* dst) {
+    for (int l = 0; l < N; ++l) dst[l] = at::Half(v[l]);
+  }
   // Full vectors of U and bins.
   static void put(float* u, const F& v, uint8_t* bins, const typename Vec<N>::b& b) {
     std::memcpy(u, &v, sizeof v);
@@ -121,6 +156,11 @@ using Portable = Generic<4>;
 struct Avx2 : Generic<8> {
   using Generic<8>::load;
   using Generic<8>::store;
+  using Generic<8>::store_vec;
+  __attribute__((target("avx2,fma,f16c"))) static void store_vec(const F& v, at::Half* dst) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                     _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+  }
   __attribute__((target("avx2,fma,f16c"))) static F load(const at::Half* p) {
     return (F)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
@@ -138,6 +178,11 @@ struct Avx2 : Generic<8> {
 struct Avx512 : Generic<16> {
   using Generic<16>::load;
   using Generic<16>::store;
+  using Generic<16>::store_vec;
+  __attribute__((target("avx512f"))) static void store_vec(const F& v, at::Half* dst) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                        _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
   // log2 of x >= 0 in ~14 instructions where log2_approx takes ~20: x = 2^e m with m in
   // [1, 2) (getexp, getmant); c = 1 + i/16 from the top 4 bits of m, with 1/c and log2 c from
   // 16-entry tables held in registers; r = m/c - 1 in [0, 1/16) and log2(1 + r) by its Taylor
@@ -289,6 +334,47 @@ __attribute__((target("avx512f,avx2,fma,f16c"), flatten)) void row_avx512(const 
 }
 #endif
 
+// sigmoid of q logits, rounded to H: kLanes at a time, the tail through the same vector code
+// on a padded copy.
+template <class Ops>
+inline typename Ops::F sigmoid(const typename Ops::F& x) {
+  return 1.f / (1.f + exp_approx(-x));
+}
+
+template <class Ops, typename H>
+inline void store_sigmoid_impl(const float* src, H* dst, int64_t q) {
+  constexpr int N = Ops::kLanes;
+  int64_t j = 0;
+  for (; j + N <= q; j += N) Ops::store_vec(sigmoid<Ops>(Ops::load(src + j)), dst + j);
+  if (j < q) {
+    const int m = static_cast<int>(q - j);
+    float in[N] = {};
+    H out[N];
+    std::memcpy(in, src + j, m * sizeof(float));
+    Ops::store_vec(sigmoid<Ops>(Ops::load(in)), out);
+    std::memcpy(dst + j, out, m * sizeof(H));
+  }
+}
+
+template <typename H>
+__attribute__((flatten)) void store_sigmoid_portable(const float* src, H* dst, int64_t q) {
+  store_sigmoid_impl<Portable>(src, dst, q);
+}
+
+#ifdef UBS_X86
+template <typename H>
+__attribute__((target("avx2,fma,f16c"), flatten)) void store_sigmoid_avx2(const float* src, H* dst,
+                                                                          int64_t q) {
+  store_sigmoid_impl<Avx2>(src, dst, q);
+}
+
+template <typename H>
+__attribute__((target("avx512f,avx2,fma,f16c"), flatten)) void store_sigmoid_avx512(
+    const float* src, H* dst, int64_t q) {
+  store_sigmoid_impl<Avx512>(src, dst, q);
+}
+#endif
+
 template <class Ops, typename H>
 constexpr void (*store_fn())(const float*, H*, int64_t) {
   return static_cast<void (*)(const float*, H*, int64_t)>(&Ops::store);
@@ -303,11 +389,13 @@ RowKernels<H> row_kernels() {
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                     __builtin_cpu_supports("f16c");
   if (cap >= Isa::kAvx512 && avx2 && __builtin_cpu_supports("avx512f")) {
-    return {&row_avx512<H>, store_fn<Avx512, H>(), &Avx512::fence};
+    return {&row_avx512<H>, store_fn<Avx512, H>(), &store_sigmoid_avx512<H>, &Avx512::fence};
   }
-  if (cap >= Isa::kAvx2 && avx2) return {&row_avx2<H>, store_fn<Avx2, H>(), &Avx2::fence};
+  if (cap >= Isa::kAvx2 && avx2) {
+    return {&row_avx2<H>, store_fn<Avx2, H>(), &store_sigmoid_avx2<H>, &Avx2::fence};
+  }
 #endif
-  return {&row_portable<H>, store_fn<Portable, H>(), &Portable::fence};
+  return {&row_portable<H>, store_fn<Portable, H>(), &store_sigmoid_portable<H>, &Portable::fence};
 }
 
 template RowKernels<float> row_kernels<float>();

@@ -37,6 +37,10 @@ struct RowKernels {
               uint8_t* bins, const H* next);
   // q probabilities into a ring slot, rounded to H to nearest even (as torch's .to(H)).
   void (*store)(const float* src, H* dst, int64_t q);
+  // The same for q logits: sigmoid(x) = 1 / (1 + exp(-x)) in float32 (exp within ~2 ulp, so a
+  // value may differ from torch.sigmoid's in its last bit), then rounded to H. Every value
+  // takes the same vector code, whatever its position. No NaN (the caller checks).
+  void (*store_sigmoid)(const float* src, H* dst, int64_t q);
   // Orders the streaming stores of `row` before what follows: call once per thread, after its
   // last row.
   void (*fence)();
