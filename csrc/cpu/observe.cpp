@@ -25,42 +25,12 @@ namespace {
 void check_args(const at::Tensor& history, const at::Tensor& seen, const at::Tensor* u,
                 const at::Tensor* bins, const at::Tensor& indices, const at::Tensor& probs,
                 double lam, int64_t tau) {
-  TORCH_CHECK_VALUE(history.dim() == 3 && history.numel() > 0,
-                    "history must have shape (n, T, q) with every size >= 1, got ",
-                    history.sizes());
-  TORCH_CHECK_TYPE(history.scalar_type() == at::kHalf || history.scalar_type() == at::kFloat,
-                   "history must be float16 or float32, got ", history.scalar_type());
-  const int64_t n = history.size(0), q = history.size(2);
-  TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
-  TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == n, "seen must have shape (", n,
-                    ",) to match history, got ", seen.sizes());
-  if (u != nullptr) {
-    TORCH_CHECK_TYPE(u->scalar_type() == at::kFloat, "uncertainty must be float32, got ",
-                     u->scalar_type());
-    TORCH_CHECK_VALUE(u->dim() == 2 && u->size(0) == n && u->size(1) == q,
-                      "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
-                      u->sizes());
-    TORCH_CHECK_TYPE(bins->scalar_type() == at::kByte, "bins must be uint8, got ",
-                     bins->scalar_type());
-    TORCH_CHECK_VALUE(bins->dim() == 2 && bins->size(0) == n && bins->size(1) == q,
-                      "bins must have shape (", n, ", ", q, ") to match history, got ",
-                      bins->sizes());
-    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous() && u->is_contiguous() &&
-                          bins->is_contiguous(),
-                      "history, seen, uncertainty and bins must be contiguous (written in place)");
-  } else {
-    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous(),
-                      "history and seen must be contiguous (written in place)");
-  }
-  for (const at::Tensor* t : {&seen, u, bins}) {
-    TORCH_CHECK_VALUE(t == nullptr || t->device() == history.device(),
-                      "all tensors must be on the device of history (", history.device(), "), got ",
-                      t->device());
-  }
+  observe_checks::check_state(history, seen, u, bins);
   if (u != nullptr) {
     TORCH_CHECK_VALUE(lam >= 0.0 && lam <= 1.0, "lam must be in [0, 1], got ", lam);
     TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
   }
+  const int64_t n = history.size(0), q = history.size(2);
   const std::vector<int64_t> sorted =
       observe_checks::check_batch(indices, probs, n, q, history.device(), "history");
   observe_checks::check_seen_at(seen.data_ptr<int64_t>(), sorted);

@@ -14,6 +14,45 @@
 
 namespace ubs_kernels::cpu::observe_checks {
 
+// The state an observation writes: history (n, T, q) f16|f32 and seen (n,) i64, with
+// uncertainty (n, q) f32 and bins (n, q) u8 unless null (record has neither), all contiguous
+// and on history's device.
+inline void check_state(const at::Tensor& history, const at::Tensor& seen, const at::Tensor* u,
+                        const at::Tensor* bins) {
+  TORCH_CHECK_VALUE(history.dim() == 3 && history.numel() > 0,
+                    "history must have shape (n, T, q) with every size >= 1, got ",
+                    history.sizes());
+  TORCH_CHECK_TYPE(history.scalar_type() == at::kHalf || history.scalar_type() == at::kFloat,
+                   "history must be float16 or float32, got ", history.scalar_type());
+  const int64_t n = history.size(0), q = history.size(2);
+  TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
+  TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == n, "seen must have shape (", n,
+                    ",) to match history, got ", seen.sizes());
+  if (u != nullptr) {
+    TORCH_CHECK_TYPE(u->scalar_type() == at::kFloat, "uncertainty must be float32, got ",
+                     u->scalar_type());
+    TORCH_CHECK_VALUE(u->dim() == 2 && u->size(0) == n && u->size(1) == q,
+                      "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
+                      u->sizes());
+    TORCH_CHECK_TYPE(bins->scalar_type() == at::kByte, "bins must be uint8, got ",
+                     bins->scalar_type());
+    TORCH_CHECK_VALUE(bins->dim() == 2 && bins->size(0) == n && bins->size(1) == q,
+                      "bins must have shape (", n, ", ", q, ") to match history, got ",
+                      bins->sizes());
+    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous() && u->is_contiguous() &&
+                          bins->is_contiguous(),
+                      "history, seen, uncertainty and bins must be contiguous (written in place)");
+  } else {
+    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous(),
+                      "history and seen must be contiguous (written in place)");
+  }
+  for (const at::Tensor* t : {&seen, u, bins}) {
+    TORCH_CHECK_VALUE(t == nullptr || t->device() == history.device(),
+                      "all tensors must be on the device of history (", history.device(), "), got ",
+                      t->device());
+  }
+}
+
 // indices (b,) int64, distinct, in [0, n); probs (b, q) floating; both on `device`. Returns
 // the indices sorted (b is a batch, so the sorted copy is cheap).
 inline std::vector<int64_t> check_batch(const at::Tensor& indices, const at::Tensor& probs,

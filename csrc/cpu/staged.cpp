@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <initializer_list>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -205,26 +204,8 @@ void apply_staged(at::Tensor& history, int64_t* cnt, float* u, uint8_t* bins, co
 void observe_staged_cpu(at::Tensor history, at::Tensor seen, at::Tensor uncertainty,
                         at::Tensor bins, const at::Tensor& staged_indices,
                         const at::Tensor& staged_probs, double lam, int64_t tau) {
-  TORCH_CHECK_VALUE(history.dim() == 3 && history.numel() > 0,
-                    "history must have shape (n, T, q) with every size >= 1, got ",
-                    history.sizes());
-  TORCH_CHECK_TYPE(history.scalar_type() == at::kHalf || history.scalar_type() == at::kFloat,
-                   "history must be float16 or float32, got ", history.scalar_type());
+  observe_checks::check_state(history, seen, &uncertainty, &bins);
   const int64_t n = history.size(0), q = history.size(2);
-  TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
-  TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == n, "seen must have shape (", n,
-                    ",) to match history, got ", seen.sizes());
-  TORCH_CHECK_TYPE(uncertainty.scalar_type() == at::kFloat, "uncertainty must be float32, got ",
-                   uncertainty.scalar_type());
-  TORCH_CHECK_VALUE(uncertainty.dim() == 2 && uncertainty.size(0) == n && uncertainty.size(1) == q,
-                    "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
-                    uncertainty.sizes());
-  TORCH_CHECK_TYPE(bins.scalar_type() == at::kByte, "bins must be uint8, got ", bins.scalar_type());
-  TORCH_CHECK_VALUE(bins.dim() == 2 && bins.size(0) == n && bins.size(1) == q,
-                    "bins must have shape (", n, ", ", q, ") to match history, got ", bins.sizes());
-  TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous() &&
-                        uncertainty.is_contiguous() && bins.is_contiguous(),
-                    "history, seen, uncertainty and bins must be contiguous (written in place)");
   TORCH_CHECK_TYPE(staged_indices.scalar_type() == at::kLong, "staged_indices must be int64, got ",
                    staged_indices.scalar_type());
   TORCH_CHECK_VALUE(staged_indices.dim() == 1, "staged_indices must be 1-D, got shape ",
@@ -237,8 +218,7 @@ void observe_staged_cpu(at::Tensor history, at::Tensor seen, at::Tensor uncertai
       staged_probs.dim() == 2 && staged_probs.size(0) == m && staged_probs.size(1) == q,
       "staged_probs must have shape (", m, ", ", q, ") (len(staged_indices), num_labels), got ",
       staged_probs.sizes());
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{
-           &seen, &uncertainty, &bins, &staged_indices, &staged_probs}) {
+  for (const at::Tensor* t : {&staged_indices, &staged_probs}) {
     TORCH_CHECK_VALUE(t->device() == history.device(),
                       "all tensors must be on the device of history (", history.device(), "), got ",
                       t->device());
