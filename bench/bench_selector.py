@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +44,7 @@ import harness
 import torch
 
 import ubs_kernels as ubs
+import ubs_kernels.selector as selector_module
 from ubs_kernels import sampling
 
 PLAN_SIZES = [1_000_000, 10_000_000]
@@ -110,9 +113,6 @@ def epoch_data(scenario: str, n: int, q: int, d: int, seed: int):
         x, y = make_multilabel_classification(n_samples=n, n_features=d, n_classes=q, random_state=seed)
         x = MinMaxScaler().fit_transform(x)
         return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32), 1e-3
-    import os  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     root = Path(__file__).resolve().parents[1]
     folder = Path(os.environ.get("UBS_DATA_DIR", root.parent / "shared" / "data"))
     if not folder.is_dir():
@@ -188,8 +188,6 @@ def bench_epoch(scenario: str, n: int, q: int, d: int, b: int, args, writer: har
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
 
         return call
-
-    import ubs_kernels.selector as selector_module  # noqa: PLC0415
 
     wrapped = [
         (selector_module.ops, "observe_staged", "apply_staged"),

