@@ -100,6 +100,35 @@ def test_native_record_checks_for_itself(indices, probs, exc, match):
     assert_state_equal(state, before)
 
 
+@pytest.mark.parametrize("op", ["observe", "record"])
+@pytest.mark.parametrize(
+    ("n", "indices", "exc", "match"),
+    [
+        # a batch of fewer than n / 16 rows is ordered by sorting, a larger one by a table of n
+        (400, [3, 250, 17, 250], ValueError, "duplicate"),
+        (400, [3, 250, 17, 400], IndexError, r"in \[0, 400\), got values in \[3, 400\]"),
+        (40, list(range(0, 40, 2)) + [6], ValueError, "duplicate"),
+        (40, list(range(0, 40, 2)) + [-1], IndexError, r"got values in \[-1, 38\]"),
+    ],
+    ids=["sorted-duplicate", "sorted-range", "table-duplicate", "table-range"],
+)
+def test_native_batch_order_checks(op, n, indices, exc, match):
+    """Both ways the native kernels put a batch in index order find duplicates and bad indices."""
+    require_backend(op, "cpu")
+    state = make_state(n, T, Q)
+    idx = torch.tensor(indices)
+    gen = torch.Generator().manual_seed(1)
+    ubs.observe(*state, torch.randperm(n, generator=gen)[:9], torch.rand(9, Q, generator=gen), backend="cpu")
+    before = clone_state(state)
+    probs = torch.full((len(indices), Q), 0.5)
+    with pytest.raises(exc, match=match):
+        if op == "observe":
+            torch.ops.ubs_kernels.observe(*state, idx, probs, 0.5, 10)
+        else:
+            torch.ops.ubs_kernels.record(state[0], state[1], idx, probs)
+    assert_state_equal(state, before)
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("where", [0, 5])
 def test_record_rejects_negative_seen(backend, where):

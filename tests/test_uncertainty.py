@@ -81,6 +81,19 @@ def test_native_isa_paths(monkeypatch, isa, history_dtype, q):
     assert_matches_oracle(u, bins, seen, predictions, T, lam, tau)
 
 
+@pytest.mark.parametrize("isa", ["auto", "avx2", "portable"])
+@pytest.mark.parametrize("history_dtype", HISTORY_DTYPES)
+@pytest.mark.parametrize("T", [7, 8, 9, 12])
+def test_native_long_windows(monkeypatch, isa, history_dtype, T):
+    """Windows of up to 8 predictions have a loop each (unrolled); longer ones share one."""
+    require_backend("uncertainty", "cpu")
+    monkeypatch.setenv("UBS_CPU_ISA", isa)
+    lam, tau = 0.4, 10
+    history, seen, predictions = filled_history(3 * (T + 4), T, 37, history_dtype, seed=T)
+    u, bins = torch.ops.ubs_kernels.uncertainty(history, seen, lam, tau)
+    assert_matches_oracle(u, bins, seen, predictions, T, lam, tau)
+
+
 @pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("history_dtype", HISTORY_DTYPES)
 def test_native_equals_torch_backend(lam, history_dtype):
@@ -94,13 +107,16 @@ def test_native_equals_torch_backend(lam, history_dtype):
 
 @pytest.mark.parametrize("isa", ["auto", "avx2", "portable"])
 @pytest.mark.parametrize("history_dtype", HISTORY_DTYPES)
-def test_native_equals_native_observe_bitwise(monkeypatch, isa, history_dtype):
-    """The per-step and whole-matrix passes share their code: same bits, not just close."""
+@pytest.mark.parametrize("T", [4, 9])
+def test_native_equals_native_observe_bitwise(monkeypatch, isa, history_dtype, T):
+    """The per-step and whole-matrix passes share their code: same bits, not just close.
+    (observe writes the new prediction to the ring and reads it back in the same pass; the
+    whole-matrix pass reads it from the ring.)"""
     require_backend("uncertainty", "cpu")
     require_backend("observe", "cpu")
     monkeypatch.setenv("UBS_CPU_ISA", isa)
     gen = torch.Generator().manual_seed(4)
-    n, T, q = 90, 4, 37
+    n, q = 90, 37
     state = make_state(n, T, q, history_dtype)
     for _ in range(9):
         idx = torch.randperm(n, generator=gen)[:50]

@@ -54,7 +54,11 @@ inline void check_state(const at::Tensor& history, const at::Tensor& seen, const
 }
 
 // indices (b,) int64, distinct, in [0, n); probs (b, q) floating; both on `device`. Returns
-// the indices sorted (b is a batch, so the sorted copy is cheap).
+// the batch positions in the order of their indices (idx[order[0]] < idx[order[1]] < ...):
+// the kernels visit rows in that order, so the state (history rings, U, bins) is walked
+// forwards in memory whatever order the caller's indices come in. A batch of at least n / 16
+// rows is ordered by a scan of an n-entry position table (O(n + b); it finds the duplicates
+// too), a smaller one by sorting.
 inline std::vector<int64_t> check_batch(const at::Tensor& indices, const at::Tensor& probs,
                                         int64_t n, int64_t q, const at::Device& device,
                                         const char* device_of) {
@@ -71,16 +75,34 @@ inline std::vector<int64_t> check_batch(const at::Tensor& indices, const at::Ten
     TORCH_CHECK_VALUE(t->device() == device, "all tensors must be on the device of ", device_of,
                       " (", device, "), got ", t->device());
   }
-  const at::Tensor idx = indices.contiguous();
-  std::vector<int64_t> sorted(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + b);
-  std::sort(sorted.begin(), sorted.end());
-  if (b > 0) {
-    TORCH_CHECK_INDEX(sorted.front() >= 0 && sorted.back() < n, "indices must be in [0, ", n,
-                      "), got values in [", sorted.front(), ", ", sorted.back(), "]");
+  if (b == 0) return {};
+  const at::Tensor idx_t = indices.contiguous();
+  const int64_t* idx = idx_t.data_ptr<int64_t>();
+  const auto [lo, hi] = std::minmax_element(idx, idx + b);
+  TORCH_CHECK_INDEX(*lo >= 0 && *hi < n, "indices must be in [0, ", n, "), got values in [", *lo,
+                    ", ", *hi, "]");
+  std::vector<int64_t> order;
+  order.reserve(b);
+  bool distinct = true;
+  if (b >= n / 16 && b < (int64_t{1} << 31)) {
+    std::vector<int32_t> pos(n, -1);
+    for (int64_t r = 0; r < b; ++r) {
+      distinct &= pos[idx[r]] < 0;
+      pos[idx[r]] = static_cast<int32_t>(r);
+    }
+    if (distinct) {
+      for (int64_t i = 0; i < n; ++i) {
+        if (pos[i] >= 0) order.push_back(pos[i]);
+      }
+    }
+  } else {
+    order.resize(b);
+    for (int64_t r = 0; r < b; ++r) order[r] = r;
+    std::sort(order.begin(), order.end(), [idx](int64_t a, int64_t c) { return idx[a] < idx[c]; });
+    for (int64_t k = 1; k < b; ++k) distinct &= idx[order[k - 1]] != idx[order[k]];
   }
-  TORCH_CHECK_VALUE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
-                    "indices must not contain duplicates within one call");
-  return sorted;
+  TORCH_CHECK_VALUE(distinct, "indices must not contain duplicates within one call");
+  return order;
 }
 
 // seen >= 0 at every index in `rows`: a negative count would address a slot outside the

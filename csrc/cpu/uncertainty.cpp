@@ -37,7 +37,7 @@ template <typename H>
 void uncertainty_impl(const at::Tensor& history, const int64_t* seen, double lam, int64_t tau,
                       float* u, uint8_t* bins) {
   const int64_t n = history.size(0), T = history.size(1), q = history.size(2);
-  const H* hist = history.data_ptr<H>();
+  H* hist = history.data_ptr<H>();
   const RowKernels<H> kernels = row_kernels<H>();
   const RowParams params = make_row_params(lam, tau);
   // Grain: rows enough for ~32K history values per task, so scheduling costs nothing.
@@ -46,13 +46,13 @@ void uncertainty_impl(const at::Tensor& history, const int64_t* seen, double lam
     for (int64_t i = begin; i < end; ++i) {
       if (seen[i] > 0) {
         const H* next = i + 1 < end ? hist + (i + 1) * T * q : nullptr;
-        kernels.row(hist + i * T * q, T, q, seen[i], params, u + i * q, bins + i * q, next);
+        kernels.row(hist + i * T * q, T, q, seen[i], params, nullptr, u + i * q, bins + i * q,
+                    Ahead(next, T * q * static_cast<int64_t>(sizeof(H))));
       } else {  // never observed: no U row (SPEC.md), 0 in both outputs
         std::memset(u + i * q, 0, q * sizeof(float));
         std::memset(bins + i * q, 0, q);
       }
     }
-    kernels.fence();
   });
 }
 

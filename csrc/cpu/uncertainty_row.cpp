@@ -5,7 +5,7 @@
 // baseline one (4: SSE2 on x86-64, whatever the target has elsewhere). `flatten` inlines all
 // of it into each, so the generic code takes that function's instruction set without any
 // global -m flag. What differs per path: the float16 conversions (F16C / AVX-512 instructions,
-// or the bit manipulation of c10's fp16_ieee_to_fp32_value), streaming stores and log2.
+// or the bit manipulation of c10's fp16_ieee_to_fp32_value) and log2.
 //
 // log2 is the Cephes logf polynomial on the mantissa, or on AVX-512 a table-based one with
 // fewer instructions; both stay within ~2e-7 of the float64 oracle for U (as torch's float32
@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "isa.h"
 
@@ -148,7 +149,6 @@ struct Generic {
     std::memcpy(u, &v, sizeof v);
     std::memcpy(bins, &b, sizeof b);
   }
-  static void fence() {}
 };
 using Portable = Generic<4>;
 
@@ -224,22 +224,6 @@ struct Avx512 : Generic<16> {
     }
     for (; j < q; ++j) dst[j] = at::Half(src[j]);
   }
-  // Streaming stores where aligned: U and the bins are not read back here, and a plain store
-  // would first read each line of these fresh outputs from memory.
-  __attribute__((target("avx512f"))) static void put(float* u, const F& v, uint8_t* bins,
-                                                     const Vec<16>::b& b) {
-    if (reinterpret_cast<uintptr_t>(u) % 64 == 0) {
-      _mm512_stream_ps(u, (__m512)v);
-    } else {
-      _mm512_storeu_ps(u, (__m512)v);
-    }
-    if (reinterpret_cast<uintptr_t>(bins) % 16 == 0) {
-      _mm_stream_si128(reinterpret_cast<__m128i*>(bins), (__m128i)b);
-    } else {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(bins), (__m128i)b);
-    }
-  }
-  __attribute__((target("avx512f"))) static void fence() { _mm_sfence(); }
 };
 #endif
 
@@ -255,18 +239,39 @@ inline typename Ops::F load_lanes(const H* p, int m) {
   }
 }
 
-// Labels j .. j + m of one sample: its k newest predictions start at ring slot `first`.
+// kLanes (or, when kTail, m) float32 values from src, rounded to H and written to dst; returns
+// them as stored (the newest prediction as the ring holds it).
 template <class Ops, bool kTail, typename H>
-inline void row_lanes(const H* ring, int64_t T, int64_t q, int64_t first, int64_t k, int64_t j,
-                      int m, const RowParams& p, float* u, uint8_t* bins) {
+inline typename Ops::F fresh_lanes(const float* src, H* dst, int m) {
+  if constexpr (!kTail) {
+    Ops::store_vec(Ops::load(src), dst);
+    return Ops::load(dst);
+  } else {
+    float in[Ops::kLanes] = {};
+    H out[Ops::kLanes];
+    std::memcpy(in, src, m * sizeof(float));
+    Ops::store_vec(Ops::load(in), out);
+    std::memcpy(dst, out, m * sizeof(H));
+    return Ops::load(out);
+  }
+}
+
+// Labels j .. j + m of one sample from its k newest predictions, slots[0] the oldest. K > 0:
+// k == K, known at compile time (the loop over the window unrolled, the slot pointers in
+// registers). fresh, if not null: the newest prediction in float32, written to slots[k - 1]
+// (rounded to H) on the way.
+template <class Ops, bool kTail, int K, bool kFresh, typename H>
+inline void row_lanes(H* const* slots, int64_t k, int64_t j, int m, const RowParams& p,
+                      const float* fresh, float* u, uint8_t* bins) {
   using F = typename Ops::F;
   using I = typename Vec<Ops::kLanes>::i;
-  int64_t slot = first;
-  F prev = load_lanes<Ops, kTail>(ring + slot * q + j, m);
+  const int64_t kk = K > 0 ? K : k;
+  F prev = kFresh && kk == 1 ? fresh_lanes<Ops, kTail>(fresh + j, slots[0] + j, m)
+                             : load_lanes<Ops, kTail>(slots[0] + j, m);
   F sum = {};
-  for (int64_t h = 1; h < k; ++h) {  // Eq. 4: adjacent pairs in time order
-    slot = slot + 1 == T ? 0 : slot + 1;
-    const F cur = load_lanes<Ops, kTail>(ring + slot * q + j, m);
+  for (int64_t h = 1; h < kk; ++h) {  // Eq. 4: adjacent pairs in time order
+    const F cur = kFresh && h == kk - 1 ? fresh_lanes<Ops, kTail>(fresh + j, slots[h] + j, m)
+                                        : load_lanes<Ops, kTail>(slots[h] + j, m);
     const F diff = cur - prev;
     sum += (F)((I)diff & 0x7fffffff);  // |diff|
     prev = cur;
@@ -288,49 +293,98 @@ inline void row_lanes(const H* ring, int64_t T, int64_t q, int64_t first, int64_
   }
 }
 
-template <class Ops, typename H>
-inline void row_impl(const H* ring, int64_t T, int64_t q, int64_t count, RowParams p, float* u,
-                     uint8_t* bins, const H* next) {
-  const int64_t k = std::min(count, T), first = (count - k) % T;
-  p.inv_pairs = 1.f / static_cast<float>(std::max<int64_t>(k - 1, 1));
-  // The next row's ring, a few lines per vector, so it is in cache when its turn comes: the
-  // hardware prefetchers lose track of T interleaved streams that are only q values long.
+template <class Ops, int K, bool kFresh, typename H>
+inline void row_loop(H* const* slots, int64_t k, int64_t q, const RowParams& p, const float* fresh,
+                     float* u, uint8_t* bins, const Ahead& ahead) {
+  // What the next row reads, a few lines per vector, so it is in cache when its turn comes:
+  // the hardware prefetchers lose track of T interleaved streams that are only q values long,
+  // and issuing a whole row's prefetches at once stalls on the miss buffers.
   const int64_t vectors = std::max<int64_t>(1, q / Ops::kLanes);
-  const int64_t ring_bytes = next != nullptr ? T * q * static_cast<int64_t>(sizeof(H)) : 0;
-  const int64_t step = ((ring_bytes + vectors - 1) / vectors + 63) / 64 * 64;
-  const char* ahead = reinterpret_cast<const char*>(next);
+  const int64_t total = ahead.bytes[0] + ahead.bytes[1];
+  const int64_t step = ((total + vectors - 1) / vectors + 63) / 64 * 64;
   int64_t j = 0, fetched = 0;
   for (; j + Ops::kLanes <= q; j += Ops::kLanes) {
-    row_lanes<Ops, false>(ring, T, q, first, k, j, Ops::kLanes, p, u, bins);
-    for (const int64_t end = std::min(ring_bytes, fetched + step); fetched < end; fetched += 64) {
-      __builtin_prefetch(ahead + fetched);
+    row_lanes<Ops, false, K, kFresh>(slots, k, j, Ops::kLanes, p, fresh, u, bins);
+    for (const int64_t end = std::min(total, fetched + step); fetched < end; fetched += 64) {
+      const bool second = fetched >= ahead.bytes[0];
+      const char* line =
+          static_cast<const char*>(ahead.ptr[second]) + fetched - (second ? ahead.bytes[0] : 0);
+      if (ahead.to_l2) {
+        __builtin_prefetch(line, 0, 2);
+      } else {
+        __builtin_prefetch(line);
+      }
     }
   }
-  if (j < q) row_lanes<Ops, true>(ring, T, q, first, k, j, static_cast<int>(q - j), p, u, bins);
+  if (j < q)
+    row_lanes<Ops, true, K, kFresh>(slots, k, j, static_cast<int>(q - j), p, fresh, u, bins);
+}
+
+template <class Ops, bool kFresh, typename H>
+inline void row_window(H* const* slots, int64_t k, int64_t q, const RowParams& p,
+                       const float* fresh, float* u, uint8_t* bins, const Ahead& ahead) {
+  switch (k) {
+    case 1:
+      return row_loop<Ops, 1, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+    case 2:
+      return row_loop<Ops, 2, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+    case 3:
+      return row_loop<Ops, 3, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+    case 4:
+      return row_loop<Ops, 4, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+    case 5:
+      return row_loop<Ops, 5, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+    case 6:
+      return row_loop<Ops, 6, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+    case 7:
+      return row_loop<Ops, 7, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+    case 8:
+      return row_loop<Ops, 8, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+    default:
+      return row_loop<Ops, 0, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+  }
+}
+
+template <class Ops, typename H>
+inline void row_impl(H* ring, int64_t T, int64_t q, int64_t count, RowParams p, const float* fresh,
+                     float* u, uint8_t* bins, const Ahead& ahead) {
+  const int64_t k = std::min(count, T), first = (count - k) % T;
+  p.inv_pairs = 1.f / static_cast<float>(std::max<int64_t>(k - 1, 1));
+  constexpr int64_t kUnrolled = 8;  // windows up to this size get a loop of their own
+  H* fixed[kUnrolled];
+  std::vector<H*> more(k > kUnrolled ? k : 0);
+  H** slots = k > kUnrolled ? more.data() : fixed;
+  for (int64_t h = 0, slot = first; h < k; ++h, slot = slot + 1 == T ? 0 : slot + 1) {
+    slots[h] = ring + slot * q;
+  }
+  if (fresh != nullptr) {
+    row_window<Ops, true>(slots, k, q, p, fresh, u, bins, ahead);
+  } else {
+    row_window<Ops, false>(slots, k, q, p, fresh, u, bins, ahead);
+  }
 }
 
 template <typename H>
-__attribute__((flatten)) void row_portable(const H* ring, int64_t T, int64_t q, int64_t count,
-                                           const RowParams& p, float* u, uint8_t* bins,
-                                           const H* next) {
-  row_impl<Portable>(ring, T, q, count, p, u, bins, next);
+__attribute__((flatten)) void row_portable(H* ring, int64_t T, int64_t q, int64_t count,
+                                           const RowParams& p, const float* fresh, float* u,
+                                           uint8_t* bins, const Ahead& ahead) {
+  row_impl<Portable>(ring, T, q, count, p, fresh, u, bins, ahead);
 }
 
 #ifdef UBS_X86
 template <typename H>
-__attribute__((target("avx2,fma,f16c"),
-               flatten)) void row_avx2(const H* ring, int64_t T, int64_t q, int64_t count,
-                                       const RowParams& p, float* u, uint8_t* bins, const H* next) {
-  row_impl<Avx2>(ring, T, q, count, p, u, bins, next);
+__attribute__((target("avx2,fma,f16c"), flatten)) void row_avx2(H* ring, int64_t T, int64_t q,
+                                                                int64_t count, const RowParams& p,
+                                                                const float* fresh, float* u,
+                                                                uint8_t* bins, const Ahead& ahead) {
+  row_impl<Avx2>(ring, T, q, count, p, fresh, u, bins, ahead);
 }
 
 template <typename H>
-__attribute__((target("avx512f,avx2,fma,f16c"), flatten)) void row_avx512(const H* ring, int64_t T,
-                                                                          int64_t q, int64_t count,
-                                                                          const RowParams& p,
-                                                                          float* u, uint8_t* bins,
-                                                                          const H* next) {
-  row_impl<Avx512>(ring, T, q, count, p, u, bins, next);
+__attribute__((target("avx512f,avx2,fma,f16c"), flatten)) void row_avx512(
+    H* ring, int64_t T, int64_t q, int64_t count, const RowParams& p, const float* fresh, float* u,
+    uint8_t* bins, const Ahead& ahead) {
+  row_impl<Avx512>(ring, T, q, count, p, fresh, u, bins, ahead);
 }
 #endif
 
@@ -389,13 +443,13 @@ RowKernels<H> row_kernels() {
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                     __builtin_cpu_supports("f16c");
   if (cap >= Isa::kAvx512 && avx2 && __builtin_cpu_supports("avx512f")) {
-    return {&row_avx512<H>, store_fn<Avx512, H>(), &store_sigmoid_avx512<H>, &Avx512::fence};
+    return {&row_avx512<H>, store_fn<Avx512, H>(), &store_sigmoid_avx512<H>};
   }
   if (cap >= Isa::kAvx2 && avx2) {
-    return {&row_avx2<H>, store_fn<Avx2, H>(), &store_sigmoid_avx2<H>, &Avx2::fence};
+    return {&row_avx2<H>, store_fn<Avx2, H>(), &store_sigmoid_avx2<H>};
   }
 #endif
-  return {&row_portable<H>, store_fn<Portable, H>(), &store_sigmoid_portable<H>, &Portable::fence};
+  return {&row_portable<H>, store_fn<Portable, H>(), &store_sigmoid_portable<H>};
 }
 
 template RowKernels<float> row_kernels<float>();

@@ -27,23 +27,37 @@ inline RowParams make_row_params(double lam, int64_t tau) {
           static_cast<int32_t>(tau - 1), 0.f};
 }
 
+// Memory the next row will read, prefetched while this one is computed (a few lines per
+// vector, spread over the row): up to two regions, unused ones empty. to_l2: into L2 only
+// (observe, whose rows also read their probabilities: 1e5 x 1000 with a float16 history took
+// 87 against 96 ms with the lines brought into L1; the whole-matrix uncertainty pass, which
+// reads only the ring, was 71 against 73 ms the other way round).
+struct Ahead {
+  const void* ptr[2] = {nullptr, nullptr};
+  int64_t bytes[2] = {0, 0};
+  bool to_l2 = false;
+  Ahead() = default;
+  Ahead(const void* p, int64_t n) : ptr{p, nullptr}, bytes{p != nullptr ? n : 0, 0} {}
+  Ahead(const void* p0, int64_t n0, const void* p1, int64_t n1, bool l2)
+      : ptr{p0, p1}, bytes{p0 != nullptr ? n0 : 0, p1 != nullptr ? n1 : 0}, to_l2(l2) {}
+};
+
 // H is the history dtype: float or at::Half.
 template <typename H>
 struct RowKernels {
   // U and bins (q values each) of one sample whose (T, q) ring holds `count` >= 1
-  // predictions; the newest is at slot (count - 1) % T. `next`, if not null, is the ring of
-  // the row to be computed next: it is prefetched along the way.
-  void (*row)(const H* ring, int64_t T, int64_t q, int64_t count, const RowParams& params, float* u,
-              uint8_t* bins, const H* next);
+  // predictions; the newest is at slot (count - 1) % T. `fresh`, if not null: that newest
+  // prediction as q float32 values, which the pass rounds to H and writes to its slot (what
+  // `store` does, fused into the same pass); null: the ring is only read. `ahead`: what the
+  // next row reads (its ring, and where observe takes its probabilities from).
+  void (*row)(H* ring, int64_t T, int64_t q, int64_t count, const RowParams& params,
+              const float* fresh, float* u, uint8_t* bins, const Ahead& ahead);
   // q probabilities into a ring slot, rounded to H to nearest even (as torch's .to(H)).
   void (*store)(const float* src, H* dst, int64_t q);
   // The same for q logits: sigmoid(x) = 1 / (1 + exp(-x)) in float32 (exp within ~2 ulp, so a
   // value may differ from torch.sigmoid's in its last bit), then rounded to H. Every value
   // takes the same vector code, whatever its position. No NaN (the caller checks).
   void (*store_sigmoid)(const float* src, H* dst, int64_t q);
-  // Orders the streaming stores of `row` before what follows: call once per thread, after its
-  // last row.
-  void (*fence)();
 };
 
 // The fastest path this CPU runs, capped by UBS_CPU_ISA.
