@@ -272,17 +272,17 @@ inline void row_lanes(H* const* slots, int64_t k, int64_t j, int m, const RowPar
   for (int64_t h = 1; h < kk; ++h) {  // Eq. 4: adjacent pairs in time order
     const F cur = kFresh && h == kk - 1 ? fresh_lanes<Ops, kTail>(fresh + j, slots[h] + j, m)
                                         : load_lanes<Ops, kTail>(slots[h] + j, m);
-    const F diff = cur - prev;
-    sum += (F)((I)diff & 0x7fffffff);  // |diff|
+    const F diff = (F)((I)(cur - prev) & 0x7fffffff);  // |diff|
+    sum = h == 1 ? diff : sum + diff;                  // 0 + x is x: the first pair needs no add
     prev = cur;
   }
   // prev is now the newest prediction. 1/(k-1) is exact for k-1 = 1, 2, 4 (T = 5) and within
   // an ulp of the reference's division otherwise; a vector divide costs more than the rest.
   const F d = sum * p.inv_pairs;
   const F uu = p.lam * d + p.one_minus_lam * entropy<Ops>(prev);  // Eq. 5
-  // u >= 0, so truncation is floor; then clamp to [0, tau - 1].
+  // u >= 0 (d >= 0, and every log2 here is <= 0 on [0, 1], so the entropy is too), so
+  // truncation is floor and needs no clamp below; then clamp to tau - 1.
   I b = __builtin_convertvector(uu * p.tau, I);
-  b = b < 0 ? I{} : b;
   b = b > p.max_bin ? I{} + p.max_bin : b;
   const auto b8 = __builtin_convertvector(b, typename Vec<Ops::kLanes>::b);
   if constexpr (!kTail) {
