@@ -183,32 +183,36 @@ struct Avx512 : Generic<16> {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
                         _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  // log2 of x >= 0 in ~14 instructions where log2_approx takes ~20: x = 2^e m with m in
-  // [1, 2) (getexp, getmant); c = 1 + i/16 from the top 4 bits of m, with 1/c and log2 c from
-  // 16-entry tables held in registers; r = m/c - 1 in [0, 1/16) and log2(1 + r) by its Taylor
-  // series to r^5. Absolute error < 1e-7; x = 0 is clamped to FLT_MIN (log2 = -126, finite)
-  // and x = 1 gives exactly 0.
+  // log2 of x >= 0 in ~13 instructions where log2_approx takes ~20: x = 2^e m with m in
+  // [1, 2) (getexp, getmant); c = 1 + i/32 from the top 5 bits of m, with 1/c and log2 c from
+  // 32-entry tables held in two registers each (vpermt2ps); r = m/c - 1 in [0, 1/32) and
+  // log2(1 + r) by its Taylor series to r^4 (the next term is < 1e-8). Absolute error < 1e-7;
+  // x = 0 is clamped to FLT_MIN (log2 = -126, finite) and x = 1 gives exactly 0.
   __attribute__((target("avx512f"))) static F log2(const F& xf) {
-    alignas(64) static constexpr float kInv[16] = {
-        1.f,       16 / 17.f, 16 / 18.f, 16 / 19.f, 16 / 20.f, 16 / 21.f, 16 / 22.f, 16 / 23.f,
-        16 / 24.f, 16 / 25.f, 16 / 26.f, 16 / 27.f, 16 / 28.f, 16 / 29.f, 16 / 30.f, 16 / 31.f};
-    alignas(64) static constexpr float kLog2[16] = {
-        0.f,          0.0874628413f, 0.169925001f, 0.247927513f, 0.321928095f, 0.392317423f,
-        0.459431619f, 0.523561956f,  0.584962501f, 0.64385619f,  0.700439718f, 0.754887502f,
-        0.807354922f, 0.857980995f,  0.906890596f, 0.95419631f};
+    alignas(64) static constexpr float kInv[32] = {
+        1.f,       32 / 33.f, 32 / 34.f, 32 / 35.f, 32 / 36.f, 32 / 37.f, 32 / 38.f, 32 / 39.f,
+        32 / 40.f, 32 / 41.f, 32 / 42.f, 32 / 43.f, 32 / 44.f, 32 / 45.f, 32 / 46.f, 32 / 47.f,
+        32 / 48.f, 32 / 49.f, 32 / 50.f, 32 / 51.f, 32 / 52.f, 32 / 53.f, 32 / 54.f, 32 / 55.f,
+        32 / 56.f, 32 / 57.f, 32 / 58.f, 32 / 59.f, 32 / 60.f, 32 / 61.f, 32 / 62.f, 32 / 63.f};
+    alignas(64) static constexpr float kLog2[32] = {
+        0.f,          0.0443941194f, 0.0874628413f, 0.129283017f, 0.169925001f, 0.209453366f,
+        0.247927513f, 0.285402219f,  0.321928095f,  0.357552005f, 0.392317423f, 0.426264755f,
+        0.459431619f, 0.491853096f,  0.523561956f,  0.554588852f, 0.584962501f, 0.614709844f,
+        0.64385619f,  0.672425342f,  0.700439718f,  0.727920455f, 0.754887502f, 0.781359714f,
+        0.807354922f, 0.832890014f,  0.857980995f,  0.882643049f, 0.906890596f, 0.930737338f,
+        0.95419631f,  0.977279923f};
     constexpr float kLog2e = 1.44269504088896341f;
     const __m512 x = _mm512_max_ps((__m512)xf, _mm512_set1_ps(1.17549435e-38f));
     const __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
-    const __m512i i = _mm512_srli_epi32(_mm512_castps_si512(m), 19);  // vpermps reads bits 0-3
-    const __m512 r =
-        _mm512_fmsub_ps(m, _mm512_permutexvar_ps(i, _mm512_load_ps(kInv)), _mm512_set1_ps(1.f));
-    __m512 y = _mm512_set1_ps(kLog2e / 5);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(-kLog2e / 4));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kLog2e / 3));
+    const __m512i i = _mm512_srli_epi32(_mm512_castps_si512(m), 18);  // vpermt2ps reads bits 0-4
+    const __m512 inv = _mm512_permutex2var_ps(_mm512_load_ps(kInv), i, _mm512_load_ps(kInv + 16));
+    const __m512 r = _mm512_fmsub_ps(m, inv, _mm512_set1_ps(1.f));
+    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(-kLog2e / 4), r, _mm512_set1_ps(kLog2e / 3));
     y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(-kLog2e / 2));
     y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kLog2e));
     const __m512 lead =
-        _mm512_add_ps(_mm512_getexp_ps(x), _mm512_permutexvar_ps(i, _mm512_load_ps(kLog2)));
+        _mm512_add_ps(_mm512_getexp_ps(x),
+                      _mm512_permutex2var_ps(_mm512_load_ps(kLog2), i, _mm512_load_ps(kLog2 + 16)));
     return (F)_mm512_fmadd_ps(y, r, lead);
   }
   __attribute__((target("avx512f"))) static F load(const at::Half* p) {
@@ -276,11 +280,11 @@ inline void row_lanes(H* const* slots, int64_t k, int64_t j, int m, const RowPar
     sum = h == 1 ? diff : sum + diff;                  // 0 + x is x: the first pair needs no add
     prev = cur;
   }
-  // prev is now the newest prediction. 1/(k-1) is exact for k-1 = 1, 2, 4 (T = 5) and within
-  // an ulp of the reference's division otherwise; a vector divide costs more than the rest.
-  const F d = sum * p.inv_pairs;
-  const F uu = p.lam * d + p.one_minus_lam * entropy<Ops>(prev);  // Eq. 5
-  // u >= 0 (d >= 0, and every log2 here is <= 0 on [0, 1], so the entropy is too), so
+  // prev is now the newest prediction. One multiply by λ1 / (k - 1) where the reference
+  // divides by k - 1 and then multiplies by λ1: within an ulp or two of it, and a vector
+  // divide would cost more than the rest.
+  const F uu = sum * p.lam_inv_pairs + p.one_minus_lam * entropy<Ops>(prev);  // Eq. 5
+  // u >= 0 (the sum is, and every log2 here is <= 0 on [0, 1], so the entropy is too), so
   // truncation is floor and needs no clamp below; then clamp to tau - 1.
   I b = __builtin_convertvector(uu * p.tau, I);
   b = b > p.max_bin ? I{} + p.max_bin : b;
@@ -349,7 +353,7 @@ template <class Ops, typename H>
 inline void row_impl(H* ring, int64_t T, int64_t q, int64_t count, RowParams p, const float* fresh,
                      float* u, uint8_t* bins, const Ahead& ahead) {
   const int64_t k = std::min(count, T), first = (count - k) % T;
-  p.inv_pairs = 1.f / static_cast<float>(std::max<int64_t>(k - 1, 1));
+  p.lam_inv_pairs = p.lam / static_cast<float>(std::max<int64_t>(k - 1, 1));
   constexpr int64_t kUnrolled = 8;  // windows up to this size get a loop of their own
   H* fixed[kUnrolled];
   std::vector<H*> more(k > kUnrolled ? k : 0);

@@ -19,7 +19,7 @@ struct RowParams {
   float one_minus_lam;  // 1 - λ1, rounded from double like torch's (1.0 - lam) * e
   float tau;            // bins per label
   int32_t max_bin;      // tau - 1
-  float inv_pairs;      // 1 / (k - 1) of Eq. 4, set per row
+  float lam_inv_pairs;  // λ1 / (k - 1): Eq. 4's mean and Eq. 5's weight in one factor, per row
 };
 
 inline RowParams make_row_params(double lam, int64_t tau) {
