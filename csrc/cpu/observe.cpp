@@ -93,8 +93,7 @@ void observe_impl(at::Tensor& history, at::Tensor& seen, float* uu, uint8_t* bb,
         Ahead ahead;
         if (k + 1 < end) {  // the next row's ring and probabilities
           const int64_t r1 = order[k + 1];
-          ahead = Ahead(hist + idx[r1] * T * q, T * q * static_cast<int64_t>(sizeof(H)),
-                        pp + r1 * q, q * static_cast<int64_t>(sizeof(P)), /*l2=*/true);
+          ahead = Ahead(hist + idx[r1] * T * q, pp + r1 * q, sizeof(P), /*l2=*/true);
         }
         kernels.row(ring, T, q, count, params, src, uu + i * q, bb + i * q, ahead);
       }

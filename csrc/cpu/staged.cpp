@@ -196,8 +196,7 @@ void apply_staged(at::Tensor& history, int64_t* cnt, float* u, uint8_t* bins, co
       }
       cnt[i] += r1 - r0;
       const H* next = s + 1 < end ? hist + g.touched[s + 1] * T * q : nullptr;
-      kernels.row(ring, T, q, cnt[i], params, nullptr, u + i * q, bins + i * q,
-                  Ahead(next, T * q * static_cast<int64_t>(sizeof(H))));
+      kernels.row(ring, T, q, cnt[i], params, nullptr, u + i * q, bins + i * q, Ahead(next));
     }
   });
 }

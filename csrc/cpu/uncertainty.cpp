@@ -47,7 +47,7 @@ void uncertainty_impl(const at::Tensor& history, const int64_t* seen, double lam
       if (seen[i] > 0) {
         const H* next = i + 1 < end ? hist + (i + 1) * T * q : nullptr;
         kernels.row(hist + i * T * q, T, q, seen[i], params, nullptr, u + i * q, bins + i * q,
-                    Ahead(next, T * q * static_cast<int64_t>(sizeof(H))));
+                    Ahead(next));
       } else {  // never observed: no U row (SPEC.md), 0 in both outputs
         std::memset(u + i * q, 0, q * sizeof(float));
         std::memset(bins + i * q, 0, q);

@@ -297,27 +297,44 @@ inline void row_lanes(H* const* slots, int64_t k, int64_t j, int m, const RowPar
   }
 }
 
+inline void prefetch_line(const char* p, bool l2) {
+  if (l2) {
+    __builtin_prefetch(p, 0, 2);
+  } else {
+    __builtin_prefetch(p);
+  }
+}
+
 template <class Ops, int K, bool kFresh, typename H>
-inline void row_loop(H* const* slots, int64_t k, int64_t q, const RowParams& p, const float* fresh,
-                     float* u, uint8_t* bins, const Ahead& ahead) {
-  // What the next row reads, a few lines per vector, so it is in cache when its turn comes:
-  // the hardware prefetchers lose track of T interleaved streams that are only q values long,
-  // and issuing a whole row's prefetches at once stalls on the miss buffers.
-  const int64_t vectors = std::max<int64_t>(1, q / Ops::kLanes);
-  const int64_t total = ahead.bytes[0] + ahead.bytes[1];
-  const int64_t step = ((total + vectors - 1) / vectors + 63) / 64 * 64;
-  int64_t j = 0, fetched = 0;
-  for (; j + Ops::kLanes <= q; j += Ops::kLanes) {
+inline void row_loop(H* const* slots_in, int64_t k, int64_t T, int64_t q, const RowParams& p,
+                     const float* fresh, float* u, uint8_t* bins, const Ahead& ahead) {
+  // The slot pointers in locals: read through slots_in they would be reloaded after every
+  // store (a store to u or bins may alias them, as far as the compiler knows).
+  H* local[K > 0 ? K : 1];
+  H* const* slots = slots_in;
+  if constexpr (K > 0) {
+    for (int h = 0; h < K; ++h) local[h] = slots_in[h];
+    slots = local;
+  }
+  // What the next row reads, the same labels as this vector's, so it is in cache when its
+  // turn comes: the hardware prefetchers lose track of T interleaved streams that are only q
+  // values long, and issuing a whole row's prefetches at once stalls on the miss buffers.
+  constexpr int64_t kRingEvery = std::max<int64_t>(1, 64 / (Ops::kLanes * sizeof(H)));
+  const char* ring = static_cast<const char*>(ahead.ring);
+  const char* probs = static_cast<const char*>(ahead.probs);
+  const int64_t slot_bytes = q * static_cast<int64_t>(sizeof(H));
+  const int64_t probs_bytes = ahead.probs_bytes;
+  const bool l2 = ahead.to_l2;
+  int64_t j = 0;
+  for (int64_t v = 0; j + Ops::kLanes <= q; j += Ops::kLanes, ++v) {
     row_lanes<Ops, false, K, kFresh>(slots, k, j, Ops::kLanes, p, fresh, u, bins);
-    for (const int64_t end = std::min(total, fetched + step); fetched < end; fetched += 64) {
-      const bool second = fetched >= ahead.bytes[0];
-      const char* line =
-          static_cast<const char*>(ahead.ptr[second]) + fetched - (second ? ahead.bytes[0] : 0);
-      if (ahead.to_l2) {
-        __builtin_prefetch(line, 0, 2);
-      } else {
-        __builtin_prefetch(line);
-      }
+    if (ring != nullptr && v % kRingEvery == 0) {
+      const char* line = ring + j * static_cast<int64_t>(sizeof(H));
+      for (int64_t s = 0; s < T; ++s, line += slot_bytes) prefetch_line(line, l2);
+    }
+    if (probs != nullptr) {
+      const char* line = probs + j * probs_bytes;
+      for (int64_t o = 0; o < Ops::kLanes * probs_bytes; o += 64) prefetch_line(line + o, l2);
     }
   }
   if (j < q)
@@ -325,27 +342,27 @@ inline void row_loop(H* const* slots, int64_t k, int64_t q, const RowParams& p, 
 }
 
 template <class Ops, bool kFresh, typename H>
-inline void row_window(H* const* slots, int64_t k, int64_t q, const RowParams& p,
+inline void row_window(H* const* slots, int64_t k, int64_t T, int64_t q, const RowParams& p,
                        const float* fresh, float* u, uint8_t* bins, const Ahead& ahead) {
   switch (k) {
     case 1:
-      return row_loop<Ops, 1, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+      return row_loop<Ops, 1, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
     case 2:
-      return row_loop<Ops, 2, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+      return row_loop<Ops, 2, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
     case 3:
-      return row_loop<Ops, 3, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+      return row_loop<Ops, 3, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
     case 4:
-      return row_loop<Ops, 4, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+      return row_loop<Ops, 4, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
     case 5:
-      return row_loop<Ops, 5, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+      return row_loop<Ops, 5, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
     case 6:
-      return row_loop<Ops, 6, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+      return row_loop<Ops, 6, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
     case 7:
-      return row_loop<Ops, 7, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+      return row_loop<Ops, 7, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
     case 8:
-      return row_loop<Ops, 8, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+      return row_loop<Ops, 8, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
     default:
-      return row_loop<Ops, 0, kFresh>(slots, k, q, p, fresh, u, bins, ahead);
+      return row_loop<Ops, 0, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
   }
 }
 
@@ -362,9 +379,9 @@ inline void row_impl(H* ring, int64_t T, int64_t q, int64_t count, RowParams p, 
     slots[h] = ring + slot * q;
   }
   if (fresh != nullptr) {
-    row_window<Ops, true>(slots, k, q, p, fresh, u, bins, ahead);
+    row_window<Ops, true>(slots, k, T, q, p, fresh, u, bins, ahead);
   } else {
-    row_window<Ops, false>(slots, k, q, p, fresh, u, bins, ahead);
+    row_window<Ops, false>(slots, k, T, q, p, fresh, u, bins, ahead);
   }
 }
 

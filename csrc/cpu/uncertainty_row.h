@@ -27,19 +27,21 @@ inline RowParams make_row_params(double lam, int64_t tau) {
           static_cast<int32_t>(tau - 1), 0.f};
 }
 
-// Memory the next row will read, prefetched while this one is computed (a few lines per
-// vector, spread over the row): up to two regions, unused ones empty. to_l2: into L2 only
-// (observe, whose rows also read their probabilities: 1e5 x 1000 with a float16 history took
-// 87 against 96 ms with the lines brought into L1; the whole-matrix uncertainty pass, which
-// reads only the ring, was 71 against 73 ms the other way round).
+// Memory the next row will read, prefetched while this one is computed: with each vector of
+// labels j .. j + lanes, the lines of the same labels in the next row's ring (all T slots) and
+// probabilities, so the prefetches are spread over the row and cost an add each. to_l2: into
+// L2 only (observe, whose rows also read their probabilities: 1e5 x 1000 with a float16
+// history took 87 against 96 ms with the lines brought into L1; the whole-matrix uncertainty
+// pass, which reads only the ring, was 71 against 73 ms the other way round).
 struct Ahead {
-  const void* ptr[2] = {nullptr, nullptr};
-  int64_t bytes[2] = {0, 0};
+  const void* ring = nullptr;   // T slots of q values of the history dtype
+  const void* probs = nullptr;  // q values of probs_bytes each
+  int64_t probs_bytes = 0;
   bool to_l2 = false;
   Ahead() = default;
-  Ahead(const void* p, int64_t n) : ptr{p, nullptr}, bytes{p != nullptr ? n : 0, 0} {}
-  Ahead(const void* p0, int64_t n0, const void* p1, int64_t n1, bool l2)
-      : ptr{p0, p1}, bytes{p0 != nullptr ? n0 : 0, p1 != nullptr ? n1 : 0}, to_l2(l2) {}
+  explicit Ahead(const void* next_ring) : ring(next_ring) {}
+  Ahead(const void* next_ring, const void* next_probs, int64_t value_bytes, bool l2)
+      : ring(next_ring), probs(next_probs), probs_bytes(value_bytes), to_l2(l2) {}
 };
 
 // H is the history dtype: float or at::Half.
