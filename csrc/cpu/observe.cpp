@@ -68,10 +68,10 @@ void observe_impl(at::Tensor& history, at::Tensor& seen, float* uu, uint8_t* bb,
   // forwards in memory, and only the probs rows (a fifth of the bytes with a float16 history)
   // are read out of order; the row kernel prefetches the next row's ring and probs into L2
   // and writes the new prediction to the ring in the same pass as U. Whole-matrix call at
-  // 1e5 x 1000 on 2 threads, a random permutation of the rows, in alternation with a copy
-  // of the same bytes (three runs each): float16 history 83-97 ms where the caller's order,
-  // a separate ring write and L1 prefetches of the ring took 112-117 ms; float32 92-115
-  // against 150-154 ms. Sorting alone gave about a tenth of that.
+  // 1e5 x 1000 on 2 threads, a random permutation of the rows, in alternation with a copy of
+  // the same bytes: float16 history 72-84 ms where the caller's order, a separate ring write
+  // and L1 prefetches of the ring took 112-117 ms; float32 84-115 against 150-154 ms. Each
+  // step's share is in bench/RESULTS.md (sorting alone: about a tenth).
   at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
     // Probabilities that are not float32 go through float32 first (as the reference's
     // probs.to(history.dtype) does for float64 -> float16 too: c10::Half rounds from float).
