@@ -1,9 +1,11 @@
 // Per-sample uncertainty (SPEC.md Eq. 1, 4, 5 and the bin) for V consecutive labels of a ring.
 //
 // Shared by the per-step observe kernel and the whole-matrix uncertainty kernel so both compute
-// U from the probabilities exactly as stored in the ring, in float32, in the operation order of
-// csrc/cpu/uncertainty_row.h. The _rn intrinsics keep nvcc from contracting a*b+c into an FMA,
-// so both kernels (and the CPU) round every step the same way.
+// U from the probabilities exactly as stored in the ring, in float32, in the reference's
+// operation order. The _rn intrinsics keep nvcc from contracting a*b+c into an FMA, so both
+// kernels round every step the same way. (The CPU kernels, csrc/cpu/uncertainty_row.h, use
+// FMAs, their own log2 and one factor for lam / (k - 1): they agree with these to ~1e-7, not
+// bit for bit.)
 #pragma once
 
 #include "device_utils.cuh"
