@@ -341,28 +341,18 @@ inline void row_loop(H* const* slots_in, int64_t k, int64_t T, int64_t q, const 
     row_lanes<Ops, true, K, kFresh>(slots, k, j, static_cast<int>(q - j), p, fresh, u, bins);
 }
 
-template <class Ops, bool kFresh, typename H>
+// Windows up to this size get a loop of their own (unrolled, the slot pointers in registers).
+constexpr int64_t kUnrolled = 8;
+
+// row_loop for a window of k: K = k when k <= kUnrolled, else the generic K = 0.
+template <class Ops, bool kFresh, int K = 1, typename H>
 inline void row_window(H* const* slots, int64_t k, int64_t T, int64_t q, const RowParams& p,
                        const float* fresh, float* u, uint8_t* bins, const Ahead& ahead) {
-  switch (k) {
-    case 1:
-      return row_loop<Ops, 1, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
-    case 2:
-      return row_loop<Ops, 2, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
-    case 3:
-      return row_loop<Ops, 3, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
-    case 4:
-      return row_loop<Ops, 4, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
-    case 5:
-      return row_loop<Ops, 5, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
-    case 6:
-      return row_loop<Ops, 6, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
-    case 7:
-      return row_loop<Ops, 7, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
-    case 8:
-      return row_loop<Ops, 8, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
-    default:
-      return row_loop<Ops, 0, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
+  if constexpr (K <= kUnrolled) {
+    if (k != K) return row_window<Ops, kFresh, K + 1>(slots, k, T, q, p, fresh, u, bins, ahead);
+    row_loop<Ops, K, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
+  } else {
+    row_loop<Ops, 0, kFresh>(slots, k, T, q, p, fresh, u, bins, ahead);
   }
 }
 
@@ -371,7 +361,6 @@ inline void row_impl(H* ring, int64_t T, int64_t q, int64_t count, RowParams p, 
                      float* u, uint8_t* bins, const Ahead& ahead) {
   const int64_t k = std::min(count, T), first = (count - k) % T;
   p.lam_inv_pairs = p.lam / static_cast<float>(std::max<int64_t>(k - 1, 1));
-  constexpr int64_t kUnrolled = 8;  // windows up to this size get a loop of their own
   H* fixed[kUnrolled];
   std::vector<H*> more(k > kUnrolled ? k : 0);
   H** slots = k > kUnrolled ? more.data() : fixed;
