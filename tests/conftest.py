@@ -50,6 +50,21 @@ def assert_bins_match(bins: torch.Tensor, u_ref: np.ndarray, tau: int, tol: floa
     assert not mismatch.any(), f"{mismatch.sum()} bins differ, first at {np.argwhere(mismatch)[0]}"
 
 
+def assert_rows_match_oracle(u: torch.Tensor, bins: torch.Tensor, predictions, T: int, lam: float, tau: int) -> None:
+    """Every row of U and the bins against ``numpy_uncertainty`` of that sample's predictions
+    (float64, in time order); a sample with none must have 0 in both."""
+    assert u.dtype == torch.float32 and bins.dtype == torch.uint8
+    for i, preds in enumerate(predictions):
+        if not len(preds):
+            assert torch.all(u[i] == 0) and torch.all(bins[i] == 0), f"unobserved row {i} is not 0"
+            continue
+        expected = numpy_uncertainty(preds, T, lam)
+        np.testing.assert_allclose(
+            u[i].cpu().numpy(), expected, rtol=0, atol=2e-6, err_msg=f"row {i}, seen {len(preds)}"
+        )
+        assert_bins_match(bins[i], expected, tau)
+
+
 def make_state(n: int, T: int, q: int, history_dtype=torch.float16, device="cpu"):
     return (
         torch.zeros(n, T, q, dtype=history_dtype, device=device),
@@ -66,3 +81,12 @@ def clone_state(state):
 def assert_state_equal(a, b) -> None:
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y), "state changed"
+
+
+def warm_state(n: int, T: int, q: int, history_dtype=torch.float16):
+    """A state after four steps of 6 random samples each (torch backend), for bad-input tests."""
+    state = make_state(n, T, q, history_dtype)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        ubs.observe(*state, torch.randperm(n, generator=gen)[:6], torch.rand(6, q, generator=gen), backend="torch")
+    return state

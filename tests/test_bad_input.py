@@ -8,19 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_state_equal, backend_params, clone_state, make_state, require_backend
+from conftest import assert_state_equal, backend_params, clone_state, require_backend, warm_state
 
 import ubs_kernels as ubs
 
 N, T, Q = 12, 3, 5
-
-
-def _warm_state():
-    state = make_state(N, T, Q)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        ubs.observe(*state, torch.randperm(N, generator=gen)[:6], torch.rand(6, Q, generator=gen), backend="torch")
-    return state
 
 
 def _probs(b=3, value=None):
@@ -60,7 +52,7 @@ OBSERVE_CASES = [
 )
 def test_observe_rejects_and_leaves_state(backend, indices, probs, kwargs, exc, match):
     require_backend("observe", backend)
-    state = _warm_state()
+    state = warm_state(N, T, Q)
     before = clone_state(state)
     with pytest.raises(exc, match=match):
         ubs.observe(*state, indices, probs, backend=backend, **kwargs)
@@ -78,7 +70,7 @@ RECORD_CASES = [c for c in OBSERVE_CASES if not c[3]]  # record has no lam or ta
 )
 def test_record_rejects_and_leaves_state(backend, indices, probs, exc, match):
     require_backend("record", backend)
-    state = _warm_state()
+    state = warm_state(N, T, Q)
     before = clone_state(state)
     with pytest.raises(exc, match=match):
         ubs.record(state[0], state[1], indices, probs, backend=backend)
@@ -93,7 +85,7 @@ def test_record_rejects_and_leaves_state(backend, indices, probs, exc, match):
 def test_native_record_checks_for_itself(indices, probs, exc, match):
     """torch.ops.ubs_kernels.record called directly, without the Python checks."""
     require_backend("record", "cpu")
-    state = _warm_state()
+    state = warm_state(N, T, Q)
     before = clone_state(state)
     with pytest.raises(exc, match=match):
         torch.ops.ubs_kernels.record(state[0], state[1], indices.long(), probs)
@@ -115,10 +107,8 @@ def test_native_record_checks_for_itself(indices, probs, exc, match):
 def test_native_batch_order_checks(op, n, indices, exc, match):
     """Both ways the native kernels put a batch in index order find duplicates and bad indices."""
     require_backend(op, "cpu")
-    state = make_state(n, T, Q)
+    state = warm_state(n, T, Q)
     idx = torch.tensor(indices)
-    gen = torch.Generator().manual_seed(1)
-    ubs.observe(*state, torch.randperm(n, generator=gen)[:9], torch.rand(9, Q, generator=gen), backend="cpu")
     before = clone_state(state)
     probs = torch.full((len(indices), Q), 0.5)
     with pytest.raises(exc, match=match):
@@ -133,7 +123,7 @@ def test_native_batch_order_checks(op, n, indices, exc, match):
 @pytest.mark.parametrize("where", [0, 5])
 def test_record_rejects_negative_seen(backend, where):
     require_backend("record", backend)
-    history, seen = _warm_state()[:2]
+    history, seen = warm_state(N, T, Q)[:2]
     seen[where] = -1
     before = clone_state((history, seen))
     with pytest.raises(ValueError, match=r"seen must be >= 0 \(observation counts\)"):
@@ -158,7 +148,7 @@ def test_record_rejects_negative_seen(backend, where):
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_observe_rejects_bad_state(backend, which, bad, exc, match):
     require_backend("observe", backend)
-    state = list(_warm_state())
+    state = list(warm_state(N, T, Q))
     state[which] = bad
     before = clone_state(state)
     with pytest.raises(exc, match=match):
@@ -174,7 +164,7 @@ def test_observe_rejects_bad_state(backend, which, bad, exc, match):
 def test_native_op_checks_for_itself(indices, probs, kwargs, exc, match):
     """torch.ops.ubs_kernels.observe called directly, without the Python checks."""
     require_backend("observe", "cpu")
-    state = _warm_state()
+    state = warm_state(N, T, Q)
     before = clone_state(state)
     args = {"lam": 0.5, "tau": 10, **kwargs}
     with pytest.raises(exc, match=match):
@@ -183,7 +173,7 @@ def test_native_op_checks_for_itself(indices, probs, kwargs, exc, match):
 
 
 def test_unknown_backend_and_unbuilt_backend():
-    state = _warm_state()
+    state = warm_state(N, T, Q)
     with pytest.raises(ValueError, match="backend must be one of"):
         ubs.observe(*state, IDX, _probs(), backend="fast")
     with pytest.raises(RuntimeError, match="backend='cuda' cannot run"):
@@ -258,7 +248,7 @@ def test_uncertainty_rejects_bad_history():
 def test_observe_rejects_negative_seen(backend, where):
     """Sample 0's ring is first in memory: a negative count there would write before it."""
     require_backend("observe", backend)
-    state = _warm_state()
+    state = warm_state(N, T, Q)
     state[1][where] = -1
     before = clone_state(state)
     with pytest.raises(ValueError, match=rf"seen must be >= 0 \(observation counts\).*seen\[{where}\] = -1"):
@@ -269,7 +259,7 @@ def test_observe_rejects_negative_seen(backend, where):
 @pytest.mark.parametrize("backend", backend_params())
 def test_uncertainty_rejects_negative_seen(backend):
     require_backend("uncertainty", backend)
-    history, seen = _warm_state()[:2]
+    history, seen = warm_state(N, T, Q)[:2]
     seen[7] = -2
     before = clone_state((history, seen))
     with pytest.raises(ValueError, match=r"seen must be >= 0 \(observation counts\), got seen\[7\] = -2"):

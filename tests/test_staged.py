@@ -12,11 +12,12 @@ import pytest
 import torch
 from conftest import (
     assert_bins_match,
+    assert_rows_match_oracle,
     assert_state_equal,
     clone_state,
     make_state,
-    numpy_uncertainty,
     require_backend,
+    warm_state,
 )
 
 import ubs_kernels as ubs
@@ -92,13 +93,7 @@ def test_staged_matches_numpy_recomputation(backend, history_dtype):
             predictions[i].append(stored[row].astype(np.float64))
     assert seen.tolist() == [len(p) for p in predictions]
     assert len(predictions[0]) == 20 > T
-    for i, preds in enumerate(predictions):
-        if not preds:
-            assert torch.all(u[i] == 0) and torch.all(bins[i] == 0), "an unobserved row was written"
-            continue
-        expected = numpy_uncertainty(preds, T, lam)
-        np.testing.assert_allclose(u[i].numpy(), expected, rtol=0, atol=2e-6)
-        assert_bins_match(bins[i], expected, tau)
+    assert_rows_match_oracle(u, bins, predictions, T, lam, tau)
 
 
 def test_native_staged_matches_torch_backend():
@@ -171,14 +166,6 @@ def test_stage_rejects_and_leaves_buffers(backend, indices, probs, offset, exc, 
     assert_state_equal(buffers, before)
 
 
-def _warm_state():
-    state = make_state(N, T, Q)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        ubs.observe(*state, torch.randperm(N, generator=gen)[:6], torch.rand(6, Q, generator=gen), backend="torch")
-    return state
-
-
 def _staged_rows(value=None, index=None):
     sidx = torch.tensor([2, 7, 2, 11])
     sprobs = torch.full((4, Q), 0.5, dtype=torch.float16)
@@ -212,7 +199,7 @@ APPLY_CASES = [
 def test_observe_staged_rejects_and_leaves_state(backend, sidx, sprobs, kwargs, exc, match):
     """``native``: torch.ops.ubs_kernels.observe_staged called directly."""
     require_backend("observe_staged", "cpu" if backend == "native" else backend)
-    state = _warm_state()
+    state = warm_state(N, T, Q)
     before = clone_state(state)
     with pytest.raises(exc, match=match):
         if backend == "native":
@@ -226,7 +213,7 @@ def test_observe_staged_rejects_and_leaves_state(backend, sidx, sprobs, kwargs, 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_observe_staged_rejects_negative_seen(backend):
     require_backend("observe_staged", backend)
-    state = _warm_state()
+    state = warm_state(N, T, Q)
     state[1][11] = -1
     before = clone_state(state)
     with pytest.raises(ValueError, match=r"seen must be >= 0 \(observation counts\)"):
@@ -237,7 +224,7 @@ def test_observe_staged_rejects_negative_seen(backend):
 def test_staged_negative_zero_is_accepted():
     """-0.0 is in [0, 1]: the native float16 check reads bits, where -0.0 is 0x8000."""
     require_backend("observe_staged", "cpu")
-    a, b = _warm_state(), _warm_state()
+    a, b = warm_state(N, T, Q), warm_state(N, T, Q)
     sidx, sprobs = _staged_rows()
     sprobs[0, 0] = -0.0
     ubs.observe_staged(*a, sidx, sprobs, backend="cpu")

@@ -95,14 +95,20 @@ def check_indices(indices, n: int, device: torch.device, values: bool = True) ->
     return indices
 
 
+def _batch_values(name: str, x, b: int, q: int, device: torch.device) -> torch.Tensor:
+    """A ``(b, q)`` floating tensor on ``device``: one step's probabilities or logits."""
+    x = _tensor(name, x)
+    if x.dtype not in _PROB_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float32/float16/bfloat16/float64), got {x.dtype}")
+    if tuple(x.shape) != (b, q):
+        raise ValueError(f"{name} must have shape ({b}, {q}) (len(indices), num_labels), got {tuple(x.shape)}")
+    _same_device(name, x, device, "history")
+    return x
+
+
 def check_probs(probs, b: int, q: int, device: torch.device, values: bool = True) -> torch.Tensor:
     """``(b, q)`` floating probabilities, finite and in [0, 1] (the values only with ``values``)."""
-    probs = _tensor("probs", probs)
-    if probs.dtype not in _PROB_DTYPES:
-        raise TypeError(f"probs must be a floating tensor (float32/float16/bfloat16/float64), got {probs.dtype}")
-    if tuple(probs.shape) != (b, q):
-        raise ValueError(f"probs must have shape ({b}, {q}) (len(indices), num_labels), got {tuple(probs.shape)}")
-    _same_device("probs", probs, device, "history")
+    probs = _batch_values("probs", probs, b, q, device)
     if values:
         _check_unit_interval("probs", probs)
     return probs
@@ -178,12 +184,7 @@ def check_staged(staged_indices, staged_probs, history: torch.Tensor, values: bo
 def check_logits(logits, b: int, q: int, device: torch.device, values: bool = True) -> torch.Tensor:
     """``(b, q)`` floating logits, no NaN (the values only with ``values``); infinities are
     allowed (their sigmoid is 0 or 1)."""
-    logits = _tensor("logits", logits)
-    if logits.dtype not in _PROB_DTYPES:
-        raise TypeError(f"logits must be a floating tensor (float32/float16/bfloat16/float64), got {logits.dtype}")
-    if tuple(logits.shape) != (b, q):
-        raise ValueError(f"logits must have shape ({b}, {q}) (len(indices), num_labels), got {tuple(logits.shape)}")
-    _same_device("logits", logits, device, "history")
+    logits = _batch_values("logits", logits, b, q, device)
     if values and logits.numel():
         bad = torch.isnan(logits)
         if bool(bad.any()):
