@@ -43,6 +43,16 @@ def _cuda_archs() -> str:
     return ";".join(a.replace(".", "").replace("+PTX", "") for a in archs.replace(",", " ").replace(";", " ").split())
 
 
+def _runtime_libstdcxx() -> str | None:
+    """The libstdc++.so.6 this process runs with (loaded by torch), from /proc/self/maps."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    except OSError:
+        return None
+    return min(paths) if paths else None
+
+
 class CMakeBuild(build_ext):
     def run(self) -> None:
         if os.environ.get("UBS_SKIP_NATIVE") == "1":
@@ -66,6 +76,9 @@ class CMakeBuild(build_ext):
         ]
         if _want_cuda(torch):
             args.append(f"-DCMAKE_CUDA_ARCHITECTURES={_cuda_archs()}")
+        stdcxx = _runtime_libstdcxx()
+        if stdcxx:  # used only if the compiler's own libstdc++.so link is missing (CMakeLists.txt)
+            args.append(f"-DUBS_RUNTIME_STDCXX={stdcxx}")
         if shutil.which("ninja"):
             args.append("-GNinja")
         subprocess.check_call(["cmake", str(ROOT), *args], cwd=build_dir)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import make_state, require_backend
@@ -79,3 +84,46 @@ def test_compile_fullgraph_native_observe():
     step(*eager)
     for a, b in zip(args, eager, strict=True):
         assert torch.equal(a, b)
+
+
+# The extension must use torch's shared C++ runtime. Linked against libstdc++.a (a relocated GCC
+# whose libstdc++.so link dangles, as on the H200 image), it carries a private copy of the
+# iostreams that was never set up: every native error message that formats a number crashed
+# the process there (GCC 13), or lost the number (GCC 12). CMakeLists.txt links the shared
+# library and checks the module after the build; these tests check the module that was loaded.
+_OWN_LIBSTDCXX = re.compile(r"\s\d+\s+(_ZNSt6locale\S*|_ZTIN10__cxxabiv1\S*|_ZNSo9_M_insert\S*)")
+
+
+def _native_module() -> Path:
+    if not ubs.build_info()["native_cpu"]:
+        pytest.skip("the native extension is not built")
+    from ubs_kernels import _C
+
+    return Path(_C.__file__)
+
+
+def test_extension_links_the_shared_libstdcxx():
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf (binutils) is not installed")
+    module = _native_module()
+    dynamic = subprocess.run([readelf, "-d", str(module)], capture_output=True, text=True, check=True).stdout
+    assert "[libstdc++.so.6]" in dynamic, f"{module.name} does not load libstdc++.so.6:\n{dynamic}"
+    symbols = subprocess.run([readelf, "-W", "--dyn-syms", str(module)], capture_output=True, text=True, check=True)
+    own = _OWN_LIBSTDCXX.findall(symbols.stdout)
+    assert not own, f"{module.name} defines libstdc++'s own symbols (linked statically): {own[:3]}"
+
+
+def test_native_errors_quote_their_numbers():
+    """A native check's message formats integers and doubles (the path that crashed), in full."""
+    require_backend("label_mi", "cpu")
+    _native_module()
+    with pytest.raises(ValueError, match=r"tau must be an integer in \[2, 256\], got 1$"):
+        torch.ops.ubs_kernels.label_mi(torch.zeros(5, 2, dtype=torch.uint8), 1, False)
+    state = make_state(4, 2, 3)
+    probs = torch.full((1, 3), 0.5, dtype=torch.float64)
+    probs[0, 2] = 1.0000001
+    with pytest.raises(ValueError, match=r"probs\[0, 2\] = 1\.0000001$"):
+        torch.ops.ubs_kernels.observe(*state, torch.tensor([1]), probs, 0.5, 10)
+    with pytest.raises(ValueError, match=r"lam must be in \[0, 1\], got 1\.5$"):
+        torch.ops.ubs_kernels.observe(*state, torch.tensor([1]), probs.clamp(0, 1), 1.5, 10)
