@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "checks.h"
 #include "huge_pages.h"
 #include "label_mi_prep.h"
 #include "label_mi_tiles.h"
@@ -61,11 +62,7 @@ class XLogX {
 };
 
 at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
-  TORCH_CHECK_TYPE(bins_in.scalar_type() == at::kByte, "bins must be uint8, got ",
-                   bins_in.scalar_type());
-  TORCH_CHECK_VALUE(bins_in.dim() == 2 && bins_in.size(1) >= 1,
-                    "bins must have shape (n, q) with q >= 1, got ", bins_in.sizes());
-  TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
+  checks::label_mi(bins_in, tau);
   const at::Tensor bins = bins_in.contiguous();
   const int64_t n = bins.size(0), q = bins.size(1);
   const int64_t W = (n + 63) / 64, Wp = (W + kLanes - 1) / kLanes * kLanes;

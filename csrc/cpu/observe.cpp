@@ -27,14 +27,14 @@ std::vector<int64_t> check_args(const at::Tensor& history, const at::Tensor& see
                                 const at::Tensor* u, const at::Tensor* bins,
                                 const at::Tensor& indices, const at::Tensor& probs, double lam,
                                 int64_t tau) {
-  observe_checks::check_state(history, seen, u, bins);
+  checks::state(history, seen, u, bins);
   if (u != nullptr) {
-    TORCH_CHECK_VALUE(lam >= 0.0 && lam <= 1.0, "lam must be in [0, 1], got ", lam);
-    TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
+    checks::lam(lam);
+    checks::tau(tau);
   }
   const int64_t n = history.size(0), q = history.size(2);
   std::vector<int64_t> order =
-      observe_checks::check_batch(indices, probs, n, q, history.device(), "history");
+      observe_checks::check_batch(indices, probs, n, q, history, "history");
   const at::Tensor idx_t = indices.contiguous();
   const int64_t* idx = idx_t.data_ptr<int64_t>();
   std::vector<int64_t> sorted(order.size());

@@ -1,6 +1,6 @@
-// Argument checks shared by the CPU kernels that take one training step's observation
-// (observe, record, stage: observe.cpp, staged.cpp). Every check runs before anything is
-// written, so a bad call leaves the state as it was.
+// Value checks shared by the CPU kernels that take one training step's observation (observe,
+// record, stage: observe.cpp, staged.cpp); the metadata checks are csrc/checks.h. Every check
+// runs before anything is written, so a bad call leaves the state as it was.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,46 +12,9 @@
 #include <type_traits>
 #include <vector>
 
-namespace ubs_kernels::cpu::observe_checks {
+#include "checks.h"
 
-// The state an observation writes: history (n, T, q) f16|f32 and seen (n,) i64, with
-// uncertainty (n, q) f32 and bins (n, q) u8 unless null (record has neither), all contiguous
-// and on history's device.
-inline void check_state(const at::Tensor& history, const at::Tensor& seen, const at::Tensor* u,
-                        const at::Tensor* bins) {
-  TORCH_CHECK_VALUE(history.dim() == 3 && history.numel() > 0,
-                    "history must have shape (n, T, q) with every size >= 1, got ",
-                    history.sizes());
-  TORCH_CHECK_TYPE(history.scalar_type() == at::kHalf || history.scalar_type() == at::kFloat,
-                   "history must be float16 or float32, got ", history.scalar_type());
-  const int64_t n = history.size(0), q = history.size(2);
-  TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
-  TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == n, "seen must have shape (", n,
-                    ",) to match history, got ", seen.sizes());
-  if (u != nullptr) {
-    TORCH_CHECK_TYPE(u->scalar_type() == at::kFloat, "uncertainty must be float32, got ",
-                     u->scalar_type());
-    TORCH_CHECK_VALUE(u->dim() == 2 && u->size(0) == n && u->size(1) == q,
-                      "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
-                      u->sizes());
-    TORCH_CHECK_TYPE(bins->scalar_type() == at::kByte, "bins must be uint8, got ",
-                     bins->scalar_type());
-    TORCH_CHECK_VALUE(bins->dim() == 2 && bins->size(0) == n && bins->size(1) == q,
-                      "bins must have shape (", n, ", ", q, ") to match history, got ",
-                      bins->sizes());
-    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous() && u->is_contiguous() &&
-                          bins->is_contiguous(),
-                      "history, seen, uncertainty and bins must be contiguous (written in place)");
-  } else {
-    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous(),
-                      "history and seen must be contiguous (written in place)");
-  }
-  for (const at::Tensor* t : {&seen, u, bins}) {
-    TORCH_CHECK_VALUE(t == nullptr || t->device() == history.device(),
-                      "all tensors must be on the device of history (", history.device(), "), got ",
-                      t->device());
-  }
-}
+namespace ubs_kernels::cpu::observe_checks {
 
 // indices (b,) int64, distinct, in [0, n); probs (b, q) floating; both on `device`. Returns
 // the batch positions in the order of their indices (idx[order[0]] < idx[order[1]] < ...):
@@ -60,21 +23,10 @@ inline void check_state(const at::Tensor& history, const at::Tensor& seen, const
 // rows is ordered by a scan of an n-entry position table (O(n + b); it finds the duplicates
 // too), a smaller one by sorting.
 inline std::vector<int64_t> check_batch(const at::Tensor& indices, const at::Tensor& probs,
-                                        int64_t n, int64_t q, const at::Device& device,
-                                        const char* device_of) {
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
-                   indices.scalar_type());
-  TORCH_CHECK_VALUE(indices.dim() == 1, "indices must be 1-D, got shape ", indices.sizes());
+                                        int64_t n, int64_t q, const at::Tensor& ref,
+                                        const char* ref_name) {
+  checks::step(indices, probs, q, ref, ref_name);
   const int64_t b = indices.size(0);
-  TORCH_CHECK_TYPE(at::isFloatingType(probs.scalar_type()), "probs must be a floating tensor, got ",
-                   probs.scalar_type());
-  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(0) == b && probs.size(1) == q,
-                    "probs must have shape (", b, ", ", q, ") (len(indices), num_labels), got ",
-                    probs.sizes());
-  for (const at::Tensor* t : {&indices, &probs}) {
-    TORCH_CHECK_VALUE(t->device() == device, "all tensors must be on the device of ", device_of,
-                      " (", device, "), got ", t->device());
-  }
   if (b == 0) return {};
   const at::Tensor idx_t = indices.contiguous();
   const int64_t* idx = idx_t.data_ptr<int64_t>();
@@ -141,7 +93,7 @@ inline void check_probs_values(const at::Tensor& probs, const char* name, int64_
           const double v = static_cast<double>(ptr[i]);
           TORCH_CHECK_VALUE(v >= 0.0 && v <= 1.0, name,
                             " must be finite and in [0, 1] (after sigmoid); ", name, "[", i / q,
-                            ", ", i % q, "] = ", v);
+                            ", ", i % q, "] = ", checks::value(v));
         }
       });
 }

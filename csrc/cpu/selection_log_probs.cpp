@@ -18,6 +18,7 @@
 #include <limits>
 #include <vector>
 
+#include "checks.h"
 #include "isa.h"
 
 namespace ubs_kernels::cpu {
@@ -25,27 +26,6 @@ namespace {
 
 constexpr int kAcc = 16;          // interleaved partial sums per row of the GEMV
 constexpr int64_t kChunk = 4096;  // samples per partial sum of the logsumexp
-
-void check_args(const at::Tensor& u, const at::Tensor& c, const at::Tensor& seen, double pressure) {
-  TORCH_CHECK_TYPE(u.scalar_type() == at::kFloat, "uncertainty must be float32, got ",
-                   u.scalar_type());
-  TORCH_CHECK_VALUE(u.dim() == 2 && u.size(0) >= 1 && u.size(1) >= 1,
-                    "uncertainty must have shape (n, q) with n, q >= 1, got ", u.sizes());
-  const int64_t n = u.size(0), q = u.size(1);
-  TORCH_CHECK_TYPE(c.scalar_type() == at::kFloat, "c must be float32, got ", c.scalar_type());
-  TORCH_CHECK_VALUE(c.dim() == 1 && c.size(0) == q, "c must have shape (", q,
-                    ",) to match uncertainty, got ", c.sizes());
-  TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
-  TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == n, "seen must have shape (", n,
-                    ",) to match uncertainty, got ", seen.sizes());
-  for (const at::Tensor* t : {&c, &seen}) {
-    TORCH_CHECK_VALUE(t->device() == u.device(),
-                      "all tensors must be on the device of uncertainty (", u.device(), "), got ",
-                      t->device());
-  }
-  TORCH_CHECK_VALUE(std::isfinite(pressure) && pressure >= 1.0,
-                    "pressure must be a finite number >= 1, got ", pressure);
-}
 
 // w_i = sum_j u_ij c_j for rows [r0, r1): kAcc partial sums in double (lane j % kAcc), then
 // added in lane order. Inlined into one wrapper per instruction set, which vectorises it.
@@ -98,13 +78,14 @@ WeightsFn choose_weights() {
 
 at::Tensor selection_log_probs_cpu(const at::Tensor& u_in, const at::Tensor& c_in,
                                    const at::Tensor& seen_in, double pressure) {
-  check_args(u_in, c_in, seen_in, pressure);
+  checks::selection(u_in, c_in, seen_in, pressure);
   const at::Tensor u = u_in.contiguous(), cf = c_in.contiguous(), seen_t = seen_in.contiguous();
   const int64_t n = u.size(0), q = u.size(1);
   const float* cp = cf.data_ptr<float>();
   std::vector<double> c(cp, cp + q);
   for (int64_t j = 0; j < q; ++j) {
-    TORCH_CHECK_VALUE(std::isfinite(c[j]), "c must be finite, got c[", j, "] = ", c[j]);
+    TORCH_CHECK_VALUE(std::isfinite(c[j]), "c must be finite, got c[", j,
+                      "] = ", checks::value(c[j]));
   }
   const int64_t* seen = seen_t.data_ptr<int64_t>();
 
@@ -119,7 +100,7 @@ at::Tensor selection_log_probs_cpu(const at::Tensor& u_in, const at::Tensor& c_i
   for (int64_t i = 0; i < n; ++i) {
     if (seen[i] <= 0) continue;
     TORCH_CHECK_VALUE(std::isfinite(w[i]), "uncertainty must be finite: row ", i,
-                      " gives w = U c = ", w[i]);
+                      " gives w = U c = ", checks::value(w[i]));
     lo = std::min(lo, w[i]);
     hi = std::max(hi, w[i]);
   }

@@ -67,7 +67,8 @@ void check_logits_values(const at::Tensor& x) {
     });
     for (int64_t i = 0; bad && i < size; ++i) {
       const double v = static_cast<double>(ptr[i]);
-      TORCH_CHECK_VALUE(v == v, "logits must not be NaN; logits[", i / q, ", ", i % q, "] = ", v);
+      TORCH_CHECK_VALUE(v == v, "logits must not be NaN; logits[", i / q, ", ", i % q,
+                        "] = ", checks::value(v));
     }
   });
 }
@@ -90,12 +91,9 @@ void stage_cpu(at::Tensor staged_indices, at::Tensor staged_probs, int64_t offse
                     staged_indices.sizes());
   TORCH_CHECK_VALUE(staged_indices.is_contiguous() && staged_probs.is_contiguous(),
                     "staged_indices and staged_probs must be contiguous (written in place)");
-  TORCH_CHECK_VALUE(staged_indices.device() == staged_probs.device(),
-                    "staged_indices must be on the device of staged_probs (", staged_probs.device(),
-                    "), got ", staged_indices.device());
+  checks::same_device(staged_probs, "staged_probs", {&staged_indices});
   TORCH_CHECK_VALUE(num_samples >= 1, "num_samples must be >= 1, got ", num_samples);
-  observe_checks::check_batch(indices, probs, num_samples, q, staged_probs.device(),
-                              "staged_probs");
+  observe_checks::check_batch(indices, probs, num_samples, q, staged_probs, "staged_probs");
   const int64_t b = indices.size(0);
   TORCH_CHECK_VALUE(offset >= 0 && offset <= capacity - b, "offset must be in [0, ", capacity - b,
                     "] (capacity ", capacity, " minus the ", b, " rows of this call), got ",
@@ -204,7 +202,7 @@ void apply_staged(at::Tensor& history, int64_t* cnt, float* u, uint8_t* bins, co
 void observe_staged_cpu(at::Tensor history, at::Tensor seen, at::Tensor uncertainty,
                         at::Tensor bins, const at::Tensor& staged_indices,
                         const at::Tensor& staged_probs, double lam, int64_t tau) {
-  observe_checks::check_state(history, seen, &uncertainty, &bins);
+  checks::state(history, seen, &uncertainty, &bins);
   const int64_t n = history.size(0), q = history.size(2);
   TORCH_CHECK_TYPE(staged_indices.scalar_type() == at::kLong, "staged_indices must be int64, got ",
                    staged_indices.scalar_type());
@@ -218,13 +216,9 @@ void observe_staged_cpu(at::Tensor history, at::Tensor seen, at::Tensor uncertai
       staged_probs.dim() == 2 && staged_probs.size(0) == m && staged_probs.size(1) == q,
       "staged_probs must have shape (", m, ", ", q, ") (len(staged_indices), num_labels), got ",
       staged_probs.sizes());
-  for (const at::Tensor* t : {&staged_indices, &staged_probs}) {
-    TORCH_CHECK_VALUE(t->device() == history.device(),
-                      "all tensors must be on the device of history (", history.device(), "), got ",
-                      t->device());
-  }
-  TORCH_CHECK_VALUE(lam >= 0.0 && lam <= 1.0, "lam must be in [0, 1], got ", lam);
-  TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
+  checks::same_device(history, "history", {&staged_indices, &staged_probs});
+  checks::lam(lam);
+  checks::tau(tau);
   if (m == 0) return;
   const at::Tensor sidx = staged_indices.contiguous();
   const int64_t* idx = sidx.data_ptr<int64_t>();

@@ -12,26 +12,12 @@
 #include <cstring>
 #include <tuple>
 
+#include "checks.h"
 #include "huge_pages.h"
 #include "uncertainty_row.h"
 
 namespace ubs_kernels::cpu {
 namespace {
-
-void check_args(const at::Tensor& history, const at::Tensor& seen, double lam, int64_t tau) {
-  TORCH_CHECK_VALUE(history.dim() == 3 && history.size(1) >= 1 && history.size(2) >= 1,
-                    "history must have shape (n, T, q) with T, q >= 1, got ", history.sizes());
-  TORCH_CHECK_TYPE(history.scalar_type() == at::kHalf || history.scalar_type() == at::kFloat,
-                   "history must be float16 or float32, got ", history.scalar_type());
-  const int64_t n = history.size(0);
-  TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
-  TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == n, "seen must have shape (", n,
-                    ",) to match history, got ", seen.sizes());
-  TORCH_CHECK_VALUE(seen.device() == history.device(), "seen must be on the device of history (",
-                    history.device(), "), got ", seen.device());
-  TORCH_CHECK_VALUE(lam >= 0.0 && lam <= 1.0, "lam must be in [0, 1], got ", lam);
-  TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
-}
 
 template <typename H>
 void uncertainty_impl(const at::Tensor& history, const int64_t* seen, double lam, int64_t tau,
@@ -59,7 +45,9 @@ void uncertainty_impl(const at::Tensor& history, const int64_t* seen, double lam
 std::tuple<at::Tensor, at::Tensor> uncertainty_cpu(const at::Tensor& history_in,
                                                    const at::Tensor& seen_in, double lam,
                                                    int64_t tau) {
-  check_args(history_in, seen_in, lam, tau);
+  checks::history_seen(history_in, seen_in, true);
+  checks::lam(lam);
+  checks::tau(tau);
   const at::Tensor history = history_in.contiguous();
   const at::Tensor seen = seen_in.contiguous();
   const int64_t n = history.size(0), q = history.size(2);

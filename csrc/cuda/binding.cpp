@@ -1,6 +1,6 @@
 // Torch binding of the CUDA kernels: TORCH_LIBRARY_IMPL(ubs_kernels, CUDA).
 //
-// Checks every tensor (TORCH_CHECK naming the argument, the same messages as csrc/cpu/),
+// Checks every tensor (csrc/checks.h: the same checks and messages as the CPU kernels),
 // allocates outputs and scratch through torch's caching allocator, and calls the torch-free
 // launchers of kernels.cuh on the current stream (c10::cuda::getCurrentCUDAStream, which
 // at::cuda re-exports; the c10 header avoids pulling in cuBLAS/cuSPARSE) under a device guard.
@@ -14,9 +14,9 @@
 #include <torch/library.h>
 
 #include <climits>
-#include <cmath>
 #include <tuple>
 
+#include "checks.h"
 #include "kernels.cuh"
 
 namespace ubs_kernels::cuda {
@@ -37,77 +37,23 @@ bool capturing(cudaStream_t stream) {
   return status != cudaStreamCaptureStatusNone;
 }
 
-void check_same_device(const at::Tensor& ref, std::initializer_list<const at::Tensor*> others,
-                       const char* ref_name) {
-  TORCH_CHECK_VALUE(ref.is_cuda(), ref_name, " must be a CUDA tensor, got ", ref.device());
-  for (const at::Tensor* t : others) {
-    TORCH_CHECK_VALUE(t->device() == ref.device(), "all tensors must be on the device of ",
-                      ref_name, " (", ref.device(), "), got ", t->device());
-  }
-}
-
-void check_lam_tau(double lam, int64_t tau) {
-  TORCH_CHECK_VALUE(lam >= 0.0 && lam <= 1.0, "lam must be in [0, 1], got ", lam);
-  TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
-}
-
-// observe needs n >= 1 (it indexes a sample); the whole-matrix pass accepts n = 0.
-void check_history_seen(const at::Tensor& history, const at::Tensor& seen, bool allow_empty) {
-  if (allow_empty) {
-    TORCH_CHECK_VALUE(history.dim() == 3 && history.size(1) >= 1 && history.size(2) >= 1,
-                      "history must have shape (n, T, q) with T, q >= 1, got ", history.sizes());
-  } else {
-    TORCH_CHECK_VALUE(history.dim() == 3 && history.numel() > 0,
-                      "history must have shape (n, T, q) with every size >= 1, got ",
-                      history.sizes());
-  }
-  TORCH_CHECK_TYPE(history.scalar_type() == at::kHalf || history.scalar_type() == at::kFloat,
-                   "history must be float16 or float32, got ", history.scalar_type());
-  TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
-  TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == history.size(0), "seen must have shape (",
-                    history.size(0), ",) to match history, got ", seen.sizes());
+void check_on_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got ", t.device());
 }
 
 // observe (u and bins given) or record (u and bins null: ring write and count only).
 void observe_or_record(at::Tensor& history, at::Tensor& seen, at::Tensor* uncertainty,
                        at::Tensor* bins, const at::Tensor& indices, const at::Tensor& probs,
                        double lam, int64_t tau) {
-  check_history_seen(history, seen, false);
+  checks::state(history, seen, uncertainty, bins);
   const int64_t n = history.size(0), T = history.size(1), q = history.size(2);
   if (uncertainty != nullptr) {
-    TORCH_CHECK_TYPE(uncertainty->scalar_type() == at::kFloat, "uncertainty must be float32, got ",
-                     uncertainty->scalar_type());
-    TORCH_CHECK_VALUE(
-        uncertainty->dim() == 2 && uncertainty->size(0) == n && uncertainty->size(1) == q,
-        "uncertainty must have shape (", n, ", ", q, ") to match history, got ",
-        uncertainty->sizes());
-    TORCH_CHECK_TYPE(bins->scalar_type() == at::kByte, "bins must be uint8, got ",
-                     bins->scalar_type());
-    TORCH_CHECK_VALUE(bins->dim() == 2 && bins->size(0) == n && bins->size(1) == q,
-                      "bins must have shape (", n, ", ", q, ") to match history, got ",
-                      bins->sizes());
-    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous() &&
-                          uncertainty->is_contiguous() && bins->is_contiguous(),
-                      "history, seen, uncertainty and bins must be contiguous (written in place)");
-  } else {
-    TORCH_CHECK_VALUE(history.is_contiguous() && seen.is_contiguous(),
-                      "history and seen must be contiguous (written in place)");
+    checks::lam(lam);
+    checks::tau(tau);
   }
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
-                   indices.scalar_type());
-  TORCH_CHECK_VALUE(indices.dim() == 1, "indices must be 1-D, got shape ", indices.sizes());
+  checks::step(indices, probs, q, history, "history");
+  check_on_cuda(history, "history");
   const int64_t b = indices.size(0);
-  TORCH_CHECK_TYPE(at::isFloatingType(probs.scalar_type()), "probs must be a floating tensor, got ",
-                   probs.scalar_type());
-  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(0) == b && probs.size(1) == q,
-                    "probs must have shape (", b, ", ", q, ") (len(indices), num_labels), got ",
-                    probs.sizes());
-  if (uncertainty != nullptr) {
-    check_same_device(history, {&seen, uncertainty, bins, &indices, &probs}, "history");
-    check_lam_tau(lam, tau);
-  } else {
-    check_same_device(history, {&seen, &indices, &probs}, "history");
-  }
   TORCH_CHECK_VALUE(b <= INT32_MAX, "indices must have fewer than 2^31 entries, got ", b);
   if (b == 0) return;
 
@@ -144,12 +90,18 @@ void observe_or_record(at::Tensor& history, at::Tensor& seen, at::Tensor* uncert
   }
   TORCH_CHECK_VALUE(!(flags & kObserveDuplicate),
                     "indices must not contain duplicates within one call");
-  TORCH_CHECK_VALUE(!(flags & kObserveBadSeen),
-                    "seen must be >= 0 (observation counts) at every index observed");
+  if (flags & kObserveBadSeen) {  // name the first sample, as the CPU kernels do
+    const at::Tensor counts = seen.index_select(0, idx).cpu();
+    const at::Tensor ids = idx.cpu();
+    int64_t r = 0;
+    while (r + 1 < b && counts[r].item<int64_t>() >= 0) ++r;
+    TORCH_CHECK_VALUE(false, "seen must be >= 0 (observation counts) at every index observed, ",
+                      "got seen[", ids[r].item<int64_t>(), "] = ", counts[r].item<int64_t>());
+  }
   if (flags & kObserveBadProb) {
     const int64_t e = verdict[1].item<int64_t>();
     TORCH_CHECK_VALUE(false, "probs must be finite and in [0, 1] (after sigmoid); probs[", e / q,
-                      ", ", e % q, "] = ", p.view(-1)[e].item<double>());
+                      ", ", e % q, "] = ", checks::value(p.view(-1)[e].item<double>()));
   }
 }
 
@@ -166,9 +118,10 @@ void record_cuda(at::Tensor history, at::Tensor seen, const at::Tensor& indices,
 std::tuple<at::Tensor, at::Tensor> uncertainty_cuda(const at::Tensor& history,
                                                     const at::Tensor& seen, double lam,
                                                     int64_t tau) {
-  check_history_seen(history, seen, true);
-  check_same_device(history, {&seen}, "history");
-  check_lam_tau(lam, tau);
+  checks::history_seen(history, seen, true);
+  check_on_cuda(history, "history");
+  checks::lam(lam);
+  checks::tau(tau);
   const c10::cuda::CUDAGuard guard(history.device());
   const at::Tensor h = history.contiguous(), s = seen.contiguous();
   const int64_t n = h.size(0), T = h.size(1), q = h.size(2);
@@ -181,12 +134,8 @@ std::tuple<at::Tensor, at::Tensor> uncertainty_cuda(const at::Tensor& history,
 }
 
 at::Tensor label_mi_cuda(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
-  TORCH_CHECK_TYPE(bins_in.scalar_type() == at::kByte, "bins must be uint8, got ",
-                   bins_in.scalar_type());
-  TORCH_CHECK_VALUE(bins_in.dim() == 2 && bins_in.size(1) >= 1,
-                    "bins must have shape (n, q) with q >= 1, got ", bins_in.sizes());
-  TORCH_CHECK_VALUE(tau >= 2 && tau <= 256, "tau must be an integer in [2, 256], got ", tau);
-  check_same_device(bins_in, {}, "bins");
+  checks::label_mi(bins_in, tau);
+  check_on_cuda(bins_in, "bins");
   const int64_t n = bins_in.size(0), q = bins_in.size(1);
   TORCH_CHECK_VALUE(n <= INT32_MAX, "bins: the CUDA kernel counts in int32, so n must be < 2^31, ",
                     "got n = ", n, " (split the rows and add the counts, or use backend='cpu')");
@@ -214,20 +163,9 @@ at::Tensor label_mi_cuda(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
 
 at::Tensor selection_log_probs_cuda(const at::Tensor& uncertainty, const at::Tensor& c,
                                     const at::Tensor& seen, double pressure) {
-  TORCH_CHECK_TYPE(uncertainty.scalar_type() == at::kFloat, "uncertainty must be float32, got ",
-                   uncertainty.scalar_type());
-  TORCH_CHECK_VALUE(uncertainty.dim() == 2 && uncertainty.size(0) >= 1 && uncertainty.size(1) >= 1,
-                    "uncertainty must have shape (n, q) with n, q >= 1, got ", uncertainty.sizes());
+  checks::selection(uncertainty, c, seen, pressure);
+  check_on_cuda(uncertainty, "uncertainty");
   const int64_t n = uncertainty.size(0), q = uncertainty.size(1);
-  TORCH_CHECK_TYPE(c.scalar_type() == at::kFloat, "c must be float32, got ", c.scalar_type());
-  TORCH_CHECK_VALUE(c.dim() == 1 && c.size(0) == q, "c must have shape (", q,
-                    ",) to match uncertainty, got ", c.sizes());
-  TORCH_CHECK_TYPE(seen.scalar_type() == at::kLong, "seen must be int64, got ", seen.scalar_type());
-  TORCH_CHECK_VALUE(seen.dim() == 1 && seen.size(0) == n, "seen must have shape (", n,
-                    ",) to match uncertainty, got ", seen.sizes());
-  TORCH_CHECK_VALUE(pressure >= 1.0 && std::isfinite(pressure),
-                    "pressure must be a finite number >= 1, got ", pressure);
-  check_same_device(uncertainty, {&c, &seen}, "uncertainty");
   const c10::cuda::CUDAGuard guard(uncertainty.device());
   const at::Tensor u = uncertainty.contiguous(), cc = c.contiguous(), s = seen.contiguous();
   at::Tensor out = at::empty({n}, u.options());
