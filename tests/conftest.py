@@ -19,11 +19,60 @@ def backend_params(*names: str) -> list:
     return [pytest.param(b, marks=pytest.mark.interpreter) if b == "triton" else b for b in names or ALL_BACKENDS]
 
 
+NO_CUDA = "needs a CUDA device (torch.cuda.is_available() is False)"
+
+
+def cuda_param(value="cuda", **kwargs):
+    """A parameter that runs on a CUDA device: marked ``gpu``, skipped with the reason without one."""
+    marks = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
+    return pytest.param(value, marks=marks, **kwargs)
+
+
+# The devices every device-parametrised test runs on: the CPU always, CUDA where there is one.
+DEVICES = ["cpu", cuda_param()]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+def device_backends(*backends: str) -> list:
+    """``(device, backend)`` pairs for ``@pytest.mark.parametrize(("device", "backend"), ...)``:
+    each backend on each device it can serve (the native "cpu" kernels on the CPU, the "cuda"
+    ones on CUDA; torch and Triton on both), marked and skipped as :func:`backend_params` and
+    :func:`cuda_param` do."""
+    params = []
+    for device in ("cpu", "cuda"):
+        for b in backends or ALL_BACKENDS:
+            if b in ("cpu", "cuda") and b != device:
+                continue
+            marks = [pytest.mark.interpreter] if b == "triton" and device == "cpu" else []
+            if device == "cuda":
+                marks += [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
+            params.append(pytest.param(device, b, marks=marks, id=f"{device}-{b}"))
+    return params
+
+
+def on(x, device):
+    """``x`` moved to ``device`` if it is a CPU tensor (meta tensors and non-tensors stay as they are)."""
+    return x.to(device) if torch.is_tensor(x) and x.device.type == "cpu" else x
+
+
 def require_backend(op: str, backend: str, device: str = "cpu") -> None:
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        pytest.skip(NO_CUDA)
     available = ubs.available_backends(op, device)
     if backend not in available:
-        why = " (Triton runs on CUDA, or on the CPU under TRITON_INTERPRET=1)" if backend == "triton" else ""
-        pytest.skip(f"backend {backend!r} for {op} on {device} is not in this build (have {available}){why}")
+        if backend == "triton":
+            why = "Triton runs on CUDA, or on the CPU under TRITON_INTERPRET=1"
+        elif backend in ("cpu", "cuda") and backend != torch.device(device).type:
+            why = f"the native {backend} kernels take {backend} tensors only"
+        elif backend in ("cpu", "cuda"):
+            why = f"this build has no native {backend} kernel for {op} (see ubs_kernels.build_info())"
+        else:
+            why = f"have {available}"
+        pytest.skip(f"backend {backend!r} cannot run {op} on {device}: {why}")
 
 
 def numpy_uncertainty(predictions: list[np.ndarray], T: int, lam: float) -> np.ndarray:
@@ -83,10 +132,11 @@ def assert_state_equal(a, b) -> None:
         assert torch.equal(x, y), "state changed"
 
 
-def warm_state(n: int, T: int, q: int, history_dtype=torch.float16):
-    """A state after four steps of 6 random samples each (torch backend), for bad-input tests."""
+def warm_state(n: int, T: int, q: int, history_dtype=torch.float16, device="cpu"):
+    """A state after four steps of 6 random samples each (torch backend), for bad-input tests;
+    the same values on every device."""
     state = make_state(n, T, q, history_dtype)
     gen = torch.Generator().manual_seed(0)
     for _ in range(4):
         ubs.observe(*state, torch.randperm(n, generator=gen)[:6], torch.rand(6, q, generator=gen), backend="torch")
-    return state
+    return tuple(t.to(device) for t in state)

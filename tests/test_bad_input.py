@@ -1,14 +1,15 @@
 """Bad input gets a clear error naming the argument, and leaves all state exactly as it was.
 
-Covers the public ops on every backend of this build, and the raw native op (which must
-check for itself: it can be called through torch.ops directly).
+Covers the public ops on every backend of this build, on the CPU and on CUDA (where there is
+a device), and the raw native ops (which must check for themselves: they can be called through
+torch.ops directly). The bad inputs are made on the CPU and moved to the device under test.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_state_equal, backend_params, clone_state, require_backend, warm_state
+from conftest import assert_state_equal, clone_state, device_backends, on, require_backend, warm_state
 
 import ubs_kernels as ubs
 
@@ -46,34 +47,37 @@ OBSERVE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
+NATIVE = {"cpu": "cpu", "cuda": "cuda"}  # the native backend of each device
+
+
+@pytest.mark.parametrize(("device", "backend"), device_backends("torch", "cpu", "cuda"))
 @pytest.mark.parametrize(
     ("indices", "probs", "kwargs", "exc", "match"), [c[1:] for c in OBSERVE_CASES], ids=[c[0] for c in OBSERVE_CASES]
 )
-def test_observe_rejects_and_leaves_state(backend, indices, probs, kwargs, exc, match):
-    require_backend("observe", backend)
-    state = warm_state(N, T, Q)
+def test_observe_rejects_and_leaves_state(device, backend, indices, probs, kwargs, exc, match):
+    require_backend("observe", backend, device)
+    state = warm_state(N, T, Q, device=device)
     before = clone_state(state)
     with pytest.raises(exc, match=match):
-        ubs.observe(*state, indices, probs, backend=backend, **kwargs)
+        ubs.observe(*state, on(indices, device), on(probs, device), backend=backend, **kwargs)
     assert_state_equal(state, before)
 
 
 RECORD_CASES = [c for c in OBSERVE_CASES if not c[3]]  # record has no lam or tau
 
 
-@pytest.mark.parametrize("backend", backend_params("torch", "cpu", "triton"))
+@pytest.mark.parametrize(("device", "backend"), device_backends())
 @pytest.mark.parametrize(
     ("indices", "probs", "exc", "match"),
     [(c[1], c[2], c[4], c[5]) for c in RECORD_CASES],
     ids=[c[0] for c in RECORD_CASES],
 )
-def test_record_rejects_and_leaves_state(backend, indices, probs, exc, match):
-    require_backend("record", backend)
-    state = warm_state(N, T, Q)
+def test_record_rejects_and_leaves_state(device, backend, indices, probs, exc, match):
+    require_backend("record", backend, device)
+    state = warm_state(N, T, Q, device=device)
     before = clone_state(state)
     with pytest.raises(exc, match=match):
-        ubs.record(state[0], state[1], indices, probs, backend=backend)
+        ubs.record(state[0], state[1], on(indices, device), on(probs, device), backend=backend)
     assert_state_equal(state, before)
 
 
@@ -82,13 +86,13 @@ def test_record_rejects_and_leaves_state(backend, indices, probs, exc, match):
     [(c[1], c[2], c[4], c[5]) for c in RECORD_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
     ids=[c[0] for c in RECORD_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
 )
-def test_native_record_checks_for_itself(indices, probs, exc, match):
+def test_native_record_checks_for_itself(device, indices, probs, exc, match):
     """torch.ops.ubs_kernels.record called directly, without the Python checks."""
-    require_backend("record", "cpu")
-    state = warm_state(N, T, Q)
+    require_backend("record", NATIVE[device], device)
+    state = warm_state(N, T, Q, device=device)
     before = clone_state(state)
     with pytest.raises(exc, match=match):
-        torch.ops.ubs_kernels.record(state[0], state[1], indices.long(), probs)
+        torch.ops.ubs_kernels.record(state[0], state[1], indices.long().to(device), probs.to(device))
     assert_state_equal(state, before)
 
 
@@ -104,13 +108,13 @@ def test_native_record_checks_for_itself(indices, probs, exc, match):
     ],
     ids=["sorted-duplicate", "sorted-range", "table-duplicate", "table-range"],
 )
-def test_native_batch_order_checks(op, n, indices, exc, match):
+def test_native_batch_order_checks(device, op, n, indices, exc, match):
     """Both ways the native kernels put a batch in index order find duplicates and bad indices."""
-    require_backend(op, "cpu")
-    state = warm_state(n, T, Q)
-    idx = torch.tensor(indices)
+    require_backend(op, NATIVE[device], device)
+    state = warm_state(n, T, Q, device=device)
+    idx = torch.tensor(indices, device=device)
     before = clone_state(state)
-    probs = torch.full((len(indices), Q), 0.5)
+    probs = torch.full((len(indices), Q), 0.5, device=device)
     with pytest.raises(exc, match=match):
         if op == "observe":
             torch.ops.ubs_kernels.observe(*state, idx, probs, 0.5, 10)
@@ -119,15 +123,15 @@ def test_native_batch_order_checks(op, n, indices, exc, match):
     assert_state_equal(state, before)
 
 
-@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize(("device", "backend"), device_backends())
 @pytest.mark.parametrize("where", [0, 5])
-def test_record_rejects_negative_seen(backend, where):
-    require_backend("record", backend)
-    history, seen = warm_state(N, T, Q)[:2]
+def test_record_rejects_negative_seen(device, backend, where):
+    require_backend("record", backend, device)
+    history, seen = warm_state(N, T, Q, device=device)[:2]
     seen[where] = -1
     before = clone_state((history, seen))
     with pytest.raises(ValueError, match=r"seen must be >= 0 \(observation counts\)"):
-        ubs.record(history, seen, IDX, _probs(), backend=backend)
+        ubs.record(history, seen, IDX.to(device), _probs().to(device), backend=backend)
     assert_state_equal((history, seen), before)
 
 
@@ -145,14 +149,14 @@ def test_record_rejects_negative_seen(backend, where):
         (3, torch.zeros(Q, N, dtype=torch.uint8).T, ValueError, "bins"),
     ],
 )
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
-def test_observe_rejects_bad_state(backend, which, bad, exc, match):
-    require_backend("observe", backend)
-    state = list(warm_state(N, T, Q))
-    state[which] = bad
+@pytest.mark.parametrize(("device", "backend"), device_backends("torch", "cpu", "cuda"))
+def test_observe_rejects_bad_state(device, backend, which, bad, exc, match):
+    require_backend("observe", backend, device)
+    state = list(warm_state(N, T, Q, device=device))
+    state[which] = bad.to(device)
     before = clone_state(state)
     with pytest.raises(exc, match=match):
-        ubs.observe(*state, IDX, _probs(), backend=backend)
+        ubs.observe(*state, IDX.to(device), _probs().to(device), backend=backend)
     assert_state_equal(state, before)
 
 
@@ -161,14 +165,14 @@ def test_observe_rejects_bad_state(backend, which, bad, exc, match):
     [c[1:] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
     ids=[c[0] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
 )
-def test_native_op_checks_for_itself(indices, probs, kwargs, exc, match):
+def test_native_op_checks_for_itself(device, indices, probs, kwargs, exc, match):
     """torch.ops.ubs_kernels.observe called directly, without the Python checks."""
-    require_backend("observe", "cpu")
-    state = warm_state(N, T, Q)
+    require_backend("observe", NATIVE[device], device)
+    state = warm_state(N, T, Q, device=device)
     before = clone_state(state)
     args = {"lam": 0.5, "tau": 10, **kwargs}
     with pytest.raises(exc, match=match):
-        torch.ops.ubs_kernels.observe(*state, indices.long(), probs, args["lam"], args["tau"])
+        torch.ops.ubs_kernels.observe(*state, indices.long().to(device), probs.to(device), args["lam"], args["tau"])
     assert_state_equal(state, before)
 
 
@@ -201,9 +205,11 @@ def test_env_default_backend(monkeypatch):
         ([[0, 1]], 10, TypeError, "bins must be a torch.Tensor"),
     ],
 )
-def test_label_mi_rejects(bins, tau, exc, match):
+@pytest.mark.parametrize(("device", "backend"), device_backends())
+def test_label_mi_rejects(device, backend, bins, tau, exc, match):
+    require_backend("label_mi", backend, device)
     with pytest.raises(exc, match=match):
-        ubs.label_mi(bins, tau)
+        ubs.label_mi(on(bins, device), tau, backend=backend)
 
 
 @pytest.mark.parametrize(
@@ -225,41 +231,53 @@ def test_label_mi_rejects(bins, tau, exc, match):
         ),
     ],
 )
-def test_selection_log_probs_rejects(args, exc, match):
+@pytest.mark.parametrize(("device", "backend"), device_backends())
+def test_selection_log_probs_rejects(device, backend, args, exc, match):
+    require_backend("selection_log_probs", backend, device)
     with pytest.raises(exc, match=match):
-        ubs.selection_log_probs(*args)
+        ubs.selection_log_probs(*(on(a, device) for a in args), backend=backend)
 
 
-def test_uncertainty_rejects_bad_history():
+@pytest.mark.parametrize(("device", "backend"), device_backends())
+def test_uncertainty_rejects_bad_history(device, backend):
+    require_backend("uncertainty", backend, device)
     with pytest.raises(TypeError, match="history"):
-        ubs.uncertainty(torch.zeros(3, 2, 2, dtype=torch.int32), torch.zeros(3, dtype=torch.long))
+        ubs.uncertainty(
+            torch.zeros(3, 2, 2, dtype=torch.int32, device=device),
+            torch.zeros(3, dtype=torch.long, device=device),
+            backend=backend,
+        )
     with pytest.raises(ValueError, match="seen"):
-        ubs.uncertainty(torch.zeros(3, 2, 2), torch.zeros(4, dtype=torch.long))
+        ubs.uncertainty(
+            torch.zeros(3, 2, 2, device=device), torch.zeros(4, dtype=torch.long, device=device), backend=backend
+        )
 
 
 # Bad values that some backends do not check for themselves: ops checks them in Python for
 # those, so every backend raises the same exception naming the argument, and writes nothing.
 # (The CUDA kernels check neither a negative seen in uncertainty nor a non-finite w: that
-# would need a device sync per call. backend_params() includes "cuda", which skips on the CPU.)
+# would need a device sync in the kernel's binding; ops makes those checks for them.)
 
 
-@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize(("device", "backend"), device_backends())
 @pytest.mark.parametrize("where", [0, 5])
-def test_observe_rejects_negative_seen(backend, where):
+def test_observe_rejects_negative_seen(device, backend, where):
     """Sample 0's ring is first in memory: a negative count there would write before it."""
-    require_backend("observe", backend)
-    state = warm_state(N, T, Q)
+    require_backend("observe", backend, device)
+    state = warm_state(N, T, Q, device=device)
     state[1][where] = -1
     before = clone_state(state)
-    with pytest.raises(ValueError, match=rf"seen must be >= 0 \(observation counts\).*seen\[{where}\] = -1"):
-        ubs.observe(*state, IDX, _probs(), backend=backend)
+    # The CUDA kernel's device-side verdict says which check failed, not at which sample.
+    at = "" if backend == "cuda" else rf".*seen\[{where}\] = -1"
+    with pytest.raises(ValueError, match=rf"seen must be >= 0 \(observation counts\){at}"):
+        ubs.observe(*state, IDX.to(device), _probs().to(device), backend=backend)
     assert_state_equal(state, before)
 
 
-@pytest.mark.parametrize("backend", backend_params())
-def test_uncertainty_rejects_negative_seen(backend):
-    require_backend("uncertainty", backend)
-    history, seen = warm_state(N, T, Q)[:2]
+@pytest.mark.parametrize(("device", "backend"), device_backends())
+def test_uncertainty_rejects_negative_seen(device, backend):
+    require_backend("uncertainty", backend, device)
+    history, seen = warm_state(N, T, Q, device=device)[:2]
     seen[7] = -2
     before = clone_state((history, seen))
     with pytest.raises(ValueError, match=r"seen must be >= 0 \(observation counts\), got seen\[7\] = -2"):
@@ -286,10 +304,11 @@ NONFINITE_WEIGHTS = [
 ]
 
 
-@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize(("device", "backend"), device_backends())
 @pytest.mark.parametrize(("args", "match"), [c[1:] for c in NONFINITE_WEIGHTS], ids=[c[0] for c in NONFINITE_WEIGHTS])
-def test_selection_log_probs_rejects_nonfinite(backend, args, match):
-    require_backend("selection_log_probs", backend)
+def test_selection_log_probs_rejects_nonfinite(device, backend, args, match):
+    require_backend("selection_log_probs", backend, device)
+    args = tuple(a.to(device) for a in args)
     before = clone_state(args)
     with pytest.raises(ValueError, match=match):
         ubs.selection_log_probs(*args, 2.0, backend=backend)
@@ -297,11 +316,11 @@ def test_selection_log_probs_rejects_nonfinite(backend, args, match):
         torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("backend", backend_params())
-def test_selection_log_probs_ignores_nonfinite_unobserved_row(backend):
+@pytest.mark.parametrize(("device", "backend"), device_backends())
+def test_selection_log_probs_ignores_nonfinite_unobserved_row(device, backend):
     """U of a never-observed sample is not used (z = 1), so NaN there is no error anywhere."""
-    require_backend("selection_log_probs", backend)
-    u, c, seen = _weights_inputs(2, float("nan"))
+    require_backend("selection_log_probs", backend, device)
+    u, c, seen = (t.to(device) for t in _weights_inputs(2, float("nan")))
     got = ubs.selection_log_probs(u, c, seen, 2.0, backend=backend)
     want = ubs.selection_log_probs(u.nan_to_num(0.0), c, seen, 2.0, backend="torch")
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

@@ -140,15 +140,17 @@ def test_hard_imbalance_chain_batches_follow_label_correlations():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: ubs.ActiveBiasSelector(N, Q, batch_size=B, warmup=1),
-        lambda: ubs.RecencyBiasSelector(N, Q, batch_size=B, warmup=1),
-        lambda: ubs.HardImbalanceSelector(labels(), batch_size=B, warmup=1),
-        lambda: ubs.HardImbalanceSelector(labels(), batch_size=B, warmup=1, chain=True),
-        lambda: ubs.BalanceSelector(labels(), batch_size=B),
-        lambda: ubs.RandomSelector(N, batch_size=B),
+        lambda d: ubs.ActiveBiasSelector(N, Q, batch_size=B, warmup=1, device=d),
+        lambda d: ubs.RecencyBiasSelector(N, Q, batch_size=B, warmup=1, device=d),
+        lambda d: ubs.HardImbalanceSelector(labels(), batch_size=B, warmup=1, device=d),
+        lambda d: ubs.HardImbalanceSelector(labels(), batch_size=B, warmup=1, chain=True, device=d),
+        lambda d: ubs.BalanceSelector(labels(), batch_size=B, device=d),
+        lambda d: ubs.RandomSelector(N, batch_size=B, device=d),
     ],
 )
-def test_every_comparator_resumes_mid_epoch(make):
+def test_every_comparator_resumes_mid_epoch(make, device):
+    """Bitwise the batches of an uninterrupted run, on every device."""
+
     def steps(sel, count, out):
         while len(out) < count:
             for b in sel:
@@ -159,13 +161,13 @@ def test_every_comparator_resumes_mid_epoch(make):
                     return
 
     whole, part, rest = [], [], []
-    steps(make(), 35, whole)
-    sel = make()
+    steps(make(device), 35, whole)
+    sel = make(device)
     steps(sel, 17, part)
     buffer = io.BytesIO()
     torch.save(sel.state_dict(), buffer)
     buffer.seek(0)
-    resumed = make()
+    resumed = make(device)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     rest_count = 35 - 17
     while len(rest) < rest_count:
@@ -188,17 +190,17 @@ def test_labels_must_be_binary():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: ubs.ActiveBiasSelector(N, Q, batch_size=B, warmup=1),
-        lambda: ubs.RecencyBiasSelector(N, Q, batch_size=B, warmup=1),
-        lambda: ubs.HardImbalanceSelector(labels(), batch_size=B, warmup=1),
-        lambda: ubs.BalanceSelector(labels(), batch_size=B),
-        lambda: ubs.RandomSelector(N, batch_size=B),
+        lambda d: ubs.ActiveBiasSelector(N, Q, batch_size=B, warmup=1, device=d),
+        lambda d: ubs.RecencyBiasSelector(N, Q, batch_size=B, warmup=1, device=d),
+        lambda d: ubs.HardImbalanceSelector(labels(), batch_size=B, warmup=1, device=d),
+        lambda d: ubs.BalanceSelector(labels(), batch_size=B, device=d),
+        lambda d: ubs.RandomSelector(N, batch_size=B, device=d),
     ],
 )
-def test_every_comparator_takes_logits_as_their_sigmoid(make):
+def test_every_comparator_takes_logits_as_their_sigmoid(make, device):
     """Same interface as UncertaintyBatchSelector: observe(indices, logits=x) is
     observe(indices, torch.sigmoid(x)); NaN logits raise and change nothing."""
-    a, b = make(), make()
+    a, b = make(device), make(device)
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):
         for ia, ib in zip(a, b, strict=True):

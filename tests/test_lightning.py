@@ -40,7 +40,8 @@ def fit(selector, model, epochs, ckpt_path=None, callbacks=()):
     loader = torch.utils.data.DataLoader(data(), batch_sampler=selector)
     trainer = L.Trainer(
         max_epochs=epochs,
-        accelerator="cpu",
+        accelerator="gpu" if selector.device.type == "cuda" else "cpu",
+        devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -52,9 +53,9 @@ def fit(selector, model, epochs, ckpt_path=None, callbacks=()):
     return trainer
 
 
-def test_callback_observes_every_step_and_epochs_advance():
+def test_callback_observes_every_step_and_epochs_advance(device):
     torch.manual_seed(0)
-    selector = ubs.UncertaintyBatchSelector(N, Q, batch_size=B, epochs=5, warmup=2, seed=1)
+    selector = ubs.UncertaintyBatchSelector(N, Q, batch_size=B, epochs=5, warmup=2, seed=1, device=device)
     model = Model()
     fit(selector, model, 5)
     assert len(model.steps) == 5 * len(selector)
@@ -66,14 +67,14 @@ def test_callback_observes_every_step_and_epochs_advance():
     assert selector.epoch == 4 and selector.selecting  # the last epoch selected by P
 
 
-def test_selector_state_round_trips_through_a_lightning_checkpoint(tmp_path):
+def test_selector_state_round_trips_through_a_lightning_checkpoint(tmp_path, device):
     torch.manual_seed(0)
-    selector = ubs.UncertaintyBatchSelector(N, Q, batch_size=B, epochs=6, warmup=1, seed=2)
+    selector = ubs.UncertaintyBatchSelector(N, Q, batch_size=B, epochs=6, warmup=1, seed=2, device=device)
     trainer = fit(selector, Model(), 3)
     path = tmp_path / "run.ckpt"
     trainer.save_checkpoint(path)
     saved = selector.state_dict()
-    fresh = ubs.UncertaintyBatchSelector(N, Q, batch_size=B, epochs=6, warmup=1, seed=2)
+    fresh = ubs.UncertaintyBatchSelector(N, Q, batch_size=B, epochs=6, warmup=1, seed=2, device=device)
     ckpt = torch.load(path, weights_only=False)
     (state,) = [v for k, v in ckpt["callbacks"].items() if "UBSCallback" in k]
     UBSCallback(fresh).load_state_dict(state)

@@ -42,9 +42,9 @@ def make(n=300, q=7, **kw):
     return ubs.UncertaintyBatchSelector(n, q, **kw)
 
 
-def test_warmup_epochs_are_permutations_then_selection_batches_are_distinct():
+def test_warmup_epochs_are_permutations_then_selection_batches_are_distinct(device):
     n, q = 300, 7
-    sel = make(n, q)
+    sel = make(n, q, device=device)
     seen_epochs = []
     for epoch in range(4):
         batches = list(sel)
@@ -195,18 +195,18 @@ def test_same_seed_same_batches_other_seed_other_batches():
 
 
 @pytest.mark.parametrize("stop_after", [3, 10, 20, 25, 47])  # mid warm-up, epoch ends, mid selection
-def test_resume_from_state_dict_gives_the_uninterrupted_run(stop_after):
+def test_resume_from_state_dict_gives_the_uninterrupted_run(stop_after, device):
     q, epochs = 7, 6
     whole = []
-    ref = make()
+    ref = make(device=device)
     assert run(ref, epochs, q, whole) == epochs * len(ref) == 60
     first = []
-    sel = make()
+    sel = make(device=device)
     run(sel, epochs, q, first, stop_after=stop_after)
     buffer = io.BytesIO()
     torch.save(sel.state_dict(), buffer)
     buffer.seek(0)
-    resumed = make()
+    resumed = make(device=device)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     rest = []
     run(resumed, epochs, q, rest)
@@ -230,8 +230,8 @@ def test_set_epoch_keeps_the_epoch_in_progress_and_jumps_otherwise():
     assert sel.epoch == 4 and len(batches) == len(sel)
 
 
-def test_bad_state_dict_changes_nothing():
-    sel = make()
+def test_bad_state_dict_changes_nothing(device):
+    sel = make(device=device)
     run(sel, 3, 7)
     before = sel.state_dict()
     for mutate in (
@@ -261,15 +261,15 @@ def test_bad_state_dict_changes_nothing():
         (torch.tensor([0, 1]), torch.full((2, 6), 0.5), ValueError),
     ],
 )
-def test_bad_observation_raises_and_changes_nothing(indices, probs, error):
-    sel, untouched = make(), make()
+def test_bad_observation_raises_and_changes_nothing(indices, probs, error, device):
+    sel, untouched = make(device=device), make(device=device)
     for s in (sel, untouched):
         run(s, 1, 7)
-        s.observe(torch.tensor([3, 4]), torch.full((2, 7), 0.25))  # a step left staged
+        s.observe(torch.tensor([3, 4]), torch.full((2, 7), 0.25))  # a step left staged (CPU)
     staged = sel._staged
     with pytest.raises(error):
-        sel.observe(indices, probs)
-    assert sel._staged == staged > 0  # the bad call staged nothing
+        sel.observe(indices.to(device), probs.to(device))
+    assert sel._staged == staged  # the bad call staged nothing
     after, expected = sel.state_dict()["state"], untouched.state_dict()["state"]
     assert all(torch.equal(after[k], expected[k]) for k in expected)
 
@@ -300,11 +300,12 @@ def test_bad_construction_names_the_argument(kwargs, name):
         make(**kwargs)
 
 
-def test_works_as_dataloader_batch_sampler():
+def test_works_as_dataloader_batch_sampler(device):
+    """The README's loop: data and model on the device, indices from IndexedDataset."""
     n, q = 100, 4
-    x = torch.randn(n, 3)
-    y = (torch.rand(n, q) < 0.3).float()
-    sel = make(n, q, batch_size=16)
+    x = torch.randn(n, 3, device=device)
+    y = (torch.rand(n, q, device=device) < 0.3).float()
+    sel = make(n, q, batch_size=16, device=device)
     loader = torch.utils.data.DataLoader(ubs.IndexedDataset(torch.utils.data.TensorDataset(x, y)), batch_sampler=sel)
     assert len(loader) == 7
     for epoch in range(3):

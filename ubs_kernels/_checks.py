@@ -37,6 +37,34 @@ def check_pressure(pressure) -> float:
     return pressure
 
 
+def check_device(device, name: str = "device") -> torch.device:
+    """The one device that ``device`` names, with its index: PyTorch's spellings of a device
+    (``"cuda"``, ``"cuda:0"``, ``torch.device("cuda")``, ``0``) all resolve to the same
+    ``torch.device``, so state made on it compares equal to the device of any tensor there.
+
+    ``"cuda"`` without an index is the current CUDA device (as for tensor creation); ``"cpu"``
+    has no index (``"cpu:0"`` is ``"cpu"``, as tensors report it).
+    """
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"{name} must be a torch.device, a string such as 'cuda:0', or an index, got {device!r}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{name} must name a device such as 'cpu' or 'cuda:0', got {device!r}") from exc
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type == "meta":
+        raise ValueError(f"{name} must be a device that holds data, got {device}")
+    module = getattr(torch, device.type, None)
+    is_available = getattr(module, "is_available", None)
+    if is_available is not None and not is_available():
+        raise ValueError(f"{name} is {device}, but torch sees no {device.type} device here")
+    if device.index is None:
+        current = getattr(module, "current_device", None)
+        device = torch.device(device.type, current() if current is not None else 0)
+    return device
+
+
 def _tensor(name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

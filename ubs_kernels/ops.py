@@ -287,14 +287,14 @@ def uncertainty(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """U (Eq. 5) and bins of all n samples from the history: ``((n, q) float32, (n, q) uint8)``.
 
-    Rows of samples never observed are 0. A negative ``seen`` raises ``ValueError``, except on
-    the CUDA backend, which does not check it (that needs a device sync) and gives 0 rows.
+    Rows of samples never observed are 0. A negative ``seen`` raises ``ValueError`` (on CUDA
+    that reads one flag back from the device; the raw CUDA op does not check it and gives 0 rows).
     """
     _checks.check_state(history, seen)
     lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
     chosen = resolve_backend("uncertainty", history.device, backend)
-    # The native CPU kernel rejects a negative count itself (the CUDA one does not, see above).
-    if chosen in ("torch", "triton") and not torch.compiler.is_compiling():
+    # The native CPU kernel rejects a negative count itself; the others are checked here.
+    if chosen != "cpu" and not torch.compiler.is_compiling():
         _checks.check_seen(seen)
     if chosen != "torch":
         u, b = _call("uncertainty", chosen, history, seen, lam, tau)
@@ -340,14 +340,14 @@ def selection_log_probs(
     ``z`` (never-observed samples get ``z = 1``), ``Q = floor((1 - z) n)`` (Eq. 9) and
     ``log P = -ln(pressure) Q / n - logsumexp`` (Eq. 10). ``pressure`` is ``s_t`` of Eq. 11.
 
-    A non-finite ``c``, or a non-finite ``w`` of an observed sample, raises ``ValueError``; the
-    CUDA backend checks ``c`` only (``w`` would need a device sync): its result is undefined then.
+    A non-finite ``c``, or a non-finite ``w`` of an observed sample, raises ``ValueError`` (the
+    raw CUDA op checks neither: its result is undefined then).
     """
     _checks.check_weights_args(uncertainty, c, seen)
     pressure = _checks.check_pressure(pressure)
     chosen = resolve_backend("selection_log_probs", uncertainty.device, backend)
-    # The native CPU kernel checks w itself (the CUDA one does not, see above).
-    if chosen in ("torch", "triton") and not torch.compiler.is_compiling():
+    # The native CPU kernel checks w itself; the others are checked here.
+    if chosen != "cpu" and not torch.compiler.is_compiling():
         _checks.check_weights_finite(uncertainty, c, seen)
     if chosen != "torch":
         return _call(

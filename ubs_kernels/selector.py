@@ -66,7 +66,9 @@ class BatchSelector(torch.utils.data.Sampler):
         batch_size: b.
         epochs: E, the epoch at which selection pressure reaches 1.
         seed: planning depends only on ``(seed, epoch, rank)``.
-        device: where per-sample state lives (the device of the predictions).
+        device: where per-sample state lives (the device of the predictions). Any spelling of a
+            device: ``"cuda"``, ``torch.device("cuda")`` and the current device index are one device
+            (:func:`ubs_kernels._checks.check_device`); :attr:`device` holds it with its index.
         drop_last: ``floor(n/b)`` batches per epoch instead of ``ceil(n/b)``.
         process_group: ``None`` (default): the default group if ``torch.distributed`` is
             initialised, else a single process; a ``ProcessGroup``: shard across it; ``False``:
@@ -92,7 +94,7 @@ class BatchSelector(torch.utils.data.Sampler):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         self.seed = seed
-        self.device = torch.device(device)
+        self.device = _checks.check_device(device)
         self.drop_last = bool(drop_last)
         if self.drop_last and num_samples < batch_size:
             raise ValueError(f"drop_last with num_samples={num_samples} < batch_size={batch_size} leaves no batch")
