@@ -111,8 +111,9 @@ def main() -> None:
         start = saved["epoch"] + 1
 
     if rank == 0:
+        backend = dist.get_backend() if dist.is_initialized() else "one process"
         print(
-            f"world_size {world} on {device}: {len(x_tr)} samples, {selector.num_local} on rank 0, "
+            f"world_size {world} ({backend}) on {device}: {len(x_tr)} samples, {selector.num_local} on rank 0, "
             f"{len(selector)} batches of {args.batch_size} per rank per epoch, MI route {selector.mi_route}"
         )
     for epoch in range(start, args.epochs):

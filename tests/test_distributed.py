@@ -384,7 +384,10 @@ def test_train_ddp_example_runs_under_torchrun(tmp_path):
     result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, check=False, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    header = r"^world_size 2 on cpu: 400 samples, 200 on rank 0, 4 batches of 64 per rank per epoch, MI route gather$"
+    header = (
+        r"^world_size 2 \(gloo\) on cpu: 400 samples, 200 on rank 0, 4 batches of 64 per rank per epoch, "
+        r"MI route gather$"
+    )
     assert re.search(header, out, re.M), out
     lines = re.findall(r"^epoch +(\d) (\w+) +loss .*$", out, re.M)
     assert lines == [("0", "uniform"), ("1", "uniform"), ("2", "selection")], out
