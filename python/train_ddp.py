@@ -57,7 +57,9 @@ def setup() -> tuple[int, int, torch.device]:
     """``(rank, world_size, device)``; initialises the process group under torchrun."""
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.cuda.is_available():
+    # NCCL needs a GPU of its own per rank; with fewer GPUs than local ranks, gloo on the CPU.
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if torch.cuda.is_available() and torch.cuda.device_count() >= local_ranks:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)

@@ -87,7 +87,8 @@ def test_binding_compiles_against_torch_headers(tmp_path):
 
     stub = tmp_path / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
-    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    if not any((Path(p) / "c10/cuda/impl/cuda_cmake_macros.h").is_file() for p in ext.include_paths()):
+        (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
     # The toolkit's headers: beside nvcc, or where nvcc itself says (a wrapper elsewhere on PATH).
     home = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
     candidates = [Path(nvcc).resolve().parents[1] / "include", home / "include"]

@@ -380,7 +380,8 @@ def test_train_ddp_example_runs_under_torchrun(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "python/train_ddp.py"]
     cmd += ["--samples", "500", "--epochs", "3", "--warmup", "2", "--mi-error", "--checkpoint", str(tmp_path)]
-    env = {**LOOPBACK, **os.environ, "OMP_NUM_THREADS": "1"}
+    # The CPU run (gloo), also on a GPU machine: NCCL's run is tests/test_gpu.py's.
+    env = {**LOOPBACK, **os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, check=False, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

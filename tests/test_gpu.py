@@ -6,9 +6,7 @@ on CUDA in their own files, through the ``device`` fixture of conftest.py.) Skip
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,10 +90,7 @@ def test_demo_with_its_defaults_runs_on_the_gpu():
 
 
 def test_train_ddp_with_one_nccl_rank():
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    if not os.access(torchrun, os.X_OK):
-        pytest.skip("torchrun is not installed next to this Python")
-    cmd = [torchrun, "--standalone", "--nproc_per_node=1", "python/train_ddp.py"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "python/train_ddp.py"]
     out = _run([*cmd, "--epochs", "4", "--warmup", "2", "--samples", "800"]).stdout
     assert re.search(r"^world_size 1 \(nccl\) on cuda", out, flags=re.MULTILINE), out
     assert len(re.findall(r"^epoch", out, flags=re.MULTILINE)) == 4, out
@@ -126,6 +121,7 @@ def test_compiled_training_step_with_observe_inside():
             indices = batch.cuda()
             slot = selector.seen[indices] % selector.window
             logits = compiled(indices)
-            recorded = selector.history[indices, slot]
-            assert torch.equal(recorded, torch.sigmoid(logits.float()).to(recorded.dtype))
+            recorded = selector.history[indices, slot].float()
+            # the compiled sigmoid may round differently from eager's in float32: one float16 ulp
+            torch.testing.assert_close(recorded, torch.sigmoid(logits.float()), rtol=0, atol=1e-3)
     assert int(selector.seen.sum()) == 3 * n
