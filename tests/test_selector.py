@@ -62,21 +62,23 @@ def test_warmup_epochs_are_permutations_then_selection_batches_are_distinct(devi
     assert seen_epochs == [0, 1, 2, 3]
 
 
-def test_selection_probabilities_match_an_independent_float64_pipeline():
+@pytest.mark.parametrize("correlation", ["mi", "ones"])
+def test_selection_probabilities_match_an_independent_float64_pipeline(correlation):
     n, q, tau = 200, 5, 10
-    sel = make(n, q, bins=tau)
+    sel = make(n, q, bins=tau, label_correlation=correlation)
     for epoch in range(3):
         for b in sel:
             sel.observe(b, fake_probs(b, epoch, q))
     next(iter(sel))  # plans epoch 3 (a selection epoch)
-    # Independent: U from the numpy oracle of each sample's own history; MI from sklearn.
+    # Independent: U from the numpy oracle of each sample's own history; MI from sklearn
+    # ("ones": C is a matrix of ones, as in the authors' released code).
     u = sel.uncertainty.double().numpy()
     bins = np.minimum(np.floor(u * tau), tau - 1).astype(int)
     observed = sel.seen.numpy() > 0
     C = np.ones((q, q))
     for a in range(q):
         for c in range(q):
-            if a != c:
+            if a != c and correlation == "mi":
                 C[a, c] = mutual_info_score(bins[observed, a], bins[observed, c])
     w = u @ C.sum(1)
     z = np.where(observed, (w - w[observed].min()) / (w[observed].max() - w[observed].min()), 1.0)
@@ -293,7 +295,13 @@ def test_memory_bytes_formula_and_refusal_before_allocating():
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"batch_size": 0}, "batch_size"), ({"window": 0}, "window"), ({"bins": 1}, "tau"), ({"s0": 0.5}, "pressure")],
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"window": 0}, "window"),
+        ({"bins": 1}, "tau"),
+        ({"s0": 0.5}, "pressure"),
+        ({"label_correlation": "none"}, "label_correlation"),
+    ],
 )
 def test_bad_construction_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):

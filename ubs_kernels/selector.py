@@ -369,6 +369,10 @@ class UncertaintyBatchSelector(BatchSelector):
             ``"counts"`` or ``"approximate"`` (:mod:`ubs_kernels.distributed`).
         distributed_mi_limit: ``"auto"`` is exact while an exact route exchanges at most this
             many bytes per epoch (default 256 MiB), approximate beyond.
+        label_correlation: ``"mi"`` (default): C of Eq. 6, the paper's method; ``"ones"``: C is a
+            matrix of ones, as in the authors' released code, so every label weighs the same
+            (``c = 1``; min-max normalisation makes any constant the same) and no mutual
+            information is computed. For the ablation of the correlation term.
     """
 
     _shardable = True
@@ -396,8 +400,12 @@ class UncertaintyBatchSelector(BatchSelector):
         process_group=None,
         distributed_mi: str = "auto",
         distributed_mi_limit: int = distributed.DEFAULT_MI_LIMIT,
+        label_correlation: str = "mi",
     ) -> None:
         super().__init__(num_samples, batch_size, epochs, seed, device, drop_last, process_group)
+        if label_correlation not in ("mi", "ones"):
+            raise ValueError(f"label_correlation must be 'mi' or 'ones', got {label_correlation!r}")
+        self.label_correlation = label_correlation
         self.num_labels = _positive_int("num_labels", num_labels)
         self.window = _positive_int("window", window)
         self.lam = _checks.check_lam(lam)
@@ -411,7 +419,7 @@ class UncertaintyBatchSelector(BatchSelector):
         limit = _positive_int("distributed_mi_limit", distributed_mi_limit, minimum=0)
         self.mi_route = distributed.choose_mi_route(distributed_mi, self._shard, self.num_labels, self.bins, limit)
         config = {"num_labels": num_labels, "window": window, "lam": self.lam, "bins": self.bins, "s0": self.s0}
-        config |= {"warmup": warmup, "mi_route": self.mi_route}
+        config |= {"warmup": warmup, "mi_route": self.mi_route, "label_correlation": label_correlation}
         distributed.agree(self._shard, config, "the arguments of UncertaintyBatchSelector")
         # Staging (CPU, native or torch backend): observe appends each step to a buffer, and the
         # buffered steps are applied to the rings, with U and the bins of the samples they
@@ -638,14 +646,20 @@ class UncertaintyBatchSelector(BatchSelector):
         bins = self._bins[observed] if not bool(observed.all()) else self._bins
         return ops.label_mi(bins, self.bins, rowsum=True, backend=self.backend)
 
+    def _correlation_rowsums(self) -> torch.Tensor:
+        """``c`` of Eq. 7-8 for this epoch: the MI row sums, or ones (``label_correlation="ones"``)."""
+        if self.label_correlation == "ones":
+            return torch.ones(self.num_labels, dtype=torch.float32, device=self.device)
+        return self.label_correlation_rowsums()
+
     def _selection_log_probs(self, epoch: int) -> torch.Tensor | None:
         if epoch < self.warmup:
             return None
         if self._shard.sharded:
             distributed.agree(self._shard, {"epoch": epoch}, "the epoch being planned")
-            c = self.label_correlation_rowsums()
+            c = self._correlation_rowsums()
             return distributed.selection_log_probs(self._shard, self._uncertainty, c, self.seen, self.pressure(epoch))
-        c = self.label_correlation_rowsums()
+        c = self._correlation_rowsums()
         return ops.selection_log_probs(self._uncertainty, c, self.seen, self.pressure(epoch), backend=self.backend)
 
     def _state(self) -> dict:
