@@ -1,203 +1,278 @@
-"""End-to-end demo: uncertainty-based batch selection (UBS) while training a multi-label MLP.
+"""Demo: what uncertainty-based batch selection (UBS) buys, and what it costs, against random batches.
 
-Trains a small MLP on a synthetic multi-label dataset (sklearn's
-``make_multilabel_classification``) with its mini-batches drawn by
-:class:`ubs_kernels.UncertaintyBatchSelector` (Zhou et al., AAAI 2025; exact rules in SPEC.md):
+Trains the same MLP on the same folds from the same initial weights with each selector of
+``--selectors`` (default: Random, UBS, and UBS with C = ones, the variant of the authors'
+released code), and prints
 
-* every training step, ``selector.observe(indices, logits=logits)`` records the batch's sigmoid
-  outputs and refreshes those samples' uncertainty U (Eq. 1, 4, 5) and its bins;
-* at each epoch boundary the selector computes the row sums of the label-correlation matrix
-  C (Eq. 6) and the sampling distribution P (Eq. 7-10) under the pressure s_t of Eq. 11, and
-  plans the epoch: uniform shuffles for the first ``--warmup`` epochs, then ceil(n/b)
-  batches of b distinct samples each drawn from P.
+* one line per epoch per selector (first fold): training loss, validation Macro-AUC, the
+  selection pressure ``s_t`` (``-`` in warm-up epochs of uniform batches), the mean mutual
+  information between labels that steered the epoch (``MI``), how far that moved P from the
+  C = ones P of the same uncertainties (``TV``: total-variation distance), P_max/P_min, the share
+  of distinct training samples drawn, and the milliseconds spent in the selector (planning,
+  drawing, observe) and in the training steps;
+* a comparison table over ``--folds`` folds: test Macro-AUC at the best validation epoch, the
+  paired difference to Random (folds better / worse), the validation Macro-AUC half-way through
+  training (how fast each selector got there), the best epochs, and the selector's cost per
+  epoch beside the training step's (medians over the selection epochs of all folds);
+* a plot (``--plot``, default ``out/demo.png``): validation Macro-AUC per epoch and the cost bars.
 
-Each epoch prints one line: train loss, validation Macro-AUC, s_t, the mean off-diagonal
-mutual information between labels (the "dynamic label correlations" that steered this epoch),
-P_max/P_min of the distribution the batches came from, the fraction of distinct training
-samples drawn, and the selection overhead: time in observe + epoch planning as a share of
-the epoch's selection + training time (validation is not counted). ``--selector`` also takes
-the paper's comparators (random, balance, active, recent, hard).
+Data: ``--dataset yeast`` (the default) from ``../shared/data`` (or ``$UBS_DATA_DIR``); when that
+directory is missing, or with ``--dataset synthetic``, a seeded synthetic set
+(``make_multilabel_classification``, ``--samples`` x ``--features``, ``--labels`` labels).
+Folds: iterative-stratified 5-fold splits; each fold trains on 80 %, picks its best epoch on
+10 % and is tested on the other 10 %, as in ``python/reproduce.py``.
 
-Run: ``python python/demo.py`` (defaults take well under a minute on a 2-core CPU).
+Run: ``python python/demo.py`` (about 30 s on a 2-core CPU with the defaults).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
-from sklearn.datasets import make_multilabel_classification
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import MinMaxScaler
 from tqdm import tqdm
 
-import ubs_kernels as ubs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-WINDOW = 5  # T: predictions kept per sample
-LAM = 0.5  # lambda_1 of Eq. 5
-TAU = 10  # bins per label for the mutual information
+import common  # noqa: E402
+import data as datamod  # noqa: E402
+import training  # noqa: E402
 
+import ubs_kernels as ubs  # noqa: E402
 
-SELECTORS = {
-    "ubs": "UncertaintyBatchSelector",
-    "random": "RandomSelector",
-    "balance": "BalanceSelector",
-    "active": "ActiveBiasSelector",
-    "recent": "RecencyBiasSelector",
-    "hard": "HardImbalanceSelector",
-}
-
-
-def make_selector(args, x_tr, y_tr, device) -> ubs.BatchSelector:
-    """The selector named by ``--selector``, with the paper's settings."""
-    n, q = y_tr.shape
-    common = {"batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed, "device": device}
-    if args.selector == "ubs":
-        return ubs.UncertaintyBatchSelector(
-            n, q, window=WINDOW, lam=LAM, bins=TAU, s0=args.s0, warmup=args.warmup, backend=args.backend, **common
-        )
-    if args.selector == "random":
-        return ubs.RandomSelector(n, **common)
-    if args.selector == "balance":
-        return ubs.BalanceSelector(y_tr.cpu(), **common)
-    if args.selector == "active":
-        return ubs.ActiveBiasSelector(n, q, warmup=args.warmup, **common)
-    if args.selector == "recent":
-        return ubs.RecencyBiasSelector(n, q, window=WINDOW, s0=args.s0, warmup=args.warmup, **common)
-    return ubs.HardImbalanceSelector(y_tr.cpu(), x_tr.cpu(), s0=args.s0, warmup=args.warmup, **common)
+CV_FOLDS = 5  # the folds come from a 5-fold split; --folds of them are run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=3000)
-    p.add_argument("--features", type=int, default=60)
-    p.add_argument("--labels", type=int, default=20)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="yeast", help="a dataset of ../shared/data, or 'synthetic'")
+    p.add_argument("--selectors", nargs="+", default=["random", "ubs", "ubs_noc"], choices=tuple(training.SELECTORS))
+    p.add_argument("--folds", type=int, default=CV_FOLDS, help=f"folds to run (of a {CV_FOLDS}-fold split)")
+    p.add_argument("--epochs", type=int, default=30)
+    common.add_warmup_argument(p)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, nargs="*", default=[256], help="MLP hidden widths")
     p.add_argument("--s0", type=float, default=100.0, help="initial selection pressure (Eq. 11)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=3000, help="synthetic set: samples")
+    p.add_argument("--features", type=int, default=60, help="synthetic set: features")
+    p.add_argument("--labels", type=int, default=20, help="synthetic set: labels")
+    p.add_argument("--data-dir", default=None, help="default: $UBS_DATA_DIR, else <repo>/../shared/data")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     p.add_argument(
         "--backend", default=os.environ.get("UBS_BACKEND", "auto"), choices=ubs.ops.BACKENDS, help="ubs_kernels backend"
     )
-    p.add_argument("--selector", default="ubs", choices=tuple(SELECTORS))
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (the demo's small MLP gains nothing from more)"
+    )
+    p.add_argument("--plot", default=str(common.OUT_ROOT / "demo.png"), help="where to write the plot ('' for none)")
     args = p.parse_args(argv)
-    if not 0 <= args.warmup < args.epochs:
-        p.error("need 0 <= --warmup < --epochs")
+    if not 1 <= args.folds <= CV_FOLDS:
+        p.error(f"--folds must be in 1..{CV_FOLDS}")
+    common.resolve_warmup(p, args)
     return args
 
 
-def make_data(args, device):
-    """Seeded synthetic multi-label data, 80/20 split, features min-max scaled (fit on train)."""
-    x, y = make_multilabel_classification(
-        n_samples=args.samples, n_features=args.features, n_classes=args.labels, random_state=args.seed
+def load(args) -> datamod.MultiLabelData:
+    data_dir = Path(args.data_dir) if args.data_dir else datamod.default_data_dir()
+    if args.dataset.lower() == datamod.SYNTHETIC or not data_dir.is_dir():
+        if args.dataset.lower() != datamod.SYNTHETIC:
+            print(f"demo.py: {data_dir} not found: a synthetic set instead of {args.dataset}", file=sys.stderr)
+        return datamod.synthetic_dataset(args.seed, n=args.samples, d=args.features, q=args.labels)
+    return datamod.load_dataset(args.dataset, data_dir, seed=args.seed)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def epoch_line(name: str, r: dict) -> str:
+    phase = "selection" if r["selecting"] else "uniform"
+    return (
+        f"epoch {r['epoch']:3d} {name:<7s} {phase:<9s} | loss {r['batch_loss']:.4f} | "
+        f"val Macro-AUC {r['val_macro_auc']:.4f} | s_t {_fmt(r['pressure'], '.2f'):>6s} | "
+        f"MI {_fmt(r.get('mean_mi'), '.4f'):>6s} | TV {_fmt(r.get('tv_mi_ones'), '.4f'):>6s} | "
+        f"Pmax/Pmin {r['p_ratio']:6.1f} | distinct {r['distinct']:.2f} | "
+        f"select {r['select_ms']:6.1f} ms | train {r['train_ms']:6.1f} ms"
     )
-    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.2, random_state=args.seed)
-    scaler = MinMaxScaler().fit(x_tr)
-    x_tr, x_va = scaler.transform(x_tr), scaler.transform(x_va)
-
-    def as_tensor(a):
-        return torch.as_tensor(a, dtype=torch.float32, device=device)
-
-    return as_tensor(x_tr), as_tensor(y_tr), as_tensor(x_va), y_va
 
 
-def macro_auc(model, x_va, y_va) -> float:
-    """Macro-AUC over the labels that have both classes in the validation set."""
-    model.eval()
-    with torch.no_grad():
-        scores = model(x_va).float().cpu().numpy()
-    model.train()
-    keep = (y_va.min(axis=0) == 0) & (y_va.max(axis=0) == 1)
-    return float(roc_auc_score(y_va[:, keep], scores[:, keep], average="macro"))
+def summary_table(args, runs: dict) -> list[str]:
+    """The comparison: test Macro-AUC, paired gain over Random, cost per epoch."""
+    title = {s: training.SELECTORS[s][0] for s in args.selectors}
+    base = runs.get("random")
+    mid = args.epochs // 2
+    lines = [
+        f"{'selector':<9s} {'test Macro-AUC':>16s} {'vs Random (better/worse folds)':>31s} {f'val @ep{mid}':>10s} "
+        f"{'best epochs':>14s} {'select ms/ep':>12s} {'train ms/ep':>11s} {'overhead':>8s}"
+    ]
+    for s in args.selectors:
+        folds = runs[s]
+        auc = np.array([f["result"]["macro_auc"] for f in folds])
+        if base is not None and s != "random":
+            diff = auc - np.array([f["result"]["macro_auc"] for f in base])
+            gain = f"{diff.mean():+.4f} ({int((diff > 0).sum())}/{int((diff < 0).sum())})"
+        else:
+            gain = "-"
+        epochs = ",".join(str(f["result"]["best_epoch"]) for f in folds)
+        val_mid = float(np.mean([f["history"][mid]["val_macro_auc"] for f in folds]))
+        # Cost over the epochs where the selector selects (all epochs for Random / Balance).
+        recs = [r for f in folds for r in f["history"] if r["selecting"] or s in ("random", "balance")]
+        recs = recs or [r for f in folds for r in f["history"]]
+        sel, tr = float(np.median([r["select_ms"] for r in recs])), float(np.median([r["train_ms"] for r in recs]))
+        spread = f"±{auc.std():.4f}" if len(auc) > 1 else ""
+        lines.append(
+            f"{title[s]:<9s} {auc.mean():>9.4f}{spread:>7s} {gain:>31s} {val_mid:>10.4f} {epochs:>14s} "
+            f"{sel:>12.1f} {tr:>11.1f} {100 * sel / (sel + tr):>7.1f}%"
+        )
+    return lines
+
+
+def verdict(args, runs: dict) -> list[str]:
+    """Plain-language reading of the table: the paired differences to Random and, with 5 folds, a Wilcoxon test."""
+    if "random" not in runs:
+        return []
+    base = np.array([f["result"]["macro_auc"] for f in runs["random"]])
+    out = []
+    for s in args.selectors:
+        if s == "random":
+            continue
+        folds = runs[s]
+        name = training.SELECTORS[s][0]
+        if s != "balance" and all(f["result"]["best_epoch"] < args.warmup for f in folds):
+            out.append(f"{name}: every best epoch is a warm-up epoch (uniform batches): selection played no part")
+            continue
+        diff = np.array([f["result"]["macro_auc"] for f in folds]) - base
+        text = (
+            f"{name} vs Random: {diff.mean():+.4f} Macro-AUC on average (paired over {len(diff)} folds, "
+            f"better on {int((diff > 0).sum())}, worse on {int((diff < 0).sum())}"
+        )
+        if len(diff) >= 5 and np.any(diff != 0):
+            from scipy.stats import wilcoxon
+
+            text += f"; Wilcoxon p = {wilcoxon(diff).pvalue:.3f}, the smallest possible with {len(diff)} folds being "
+            text += f"{2 / 2 ** len(diff):.3f})"
+        else:
+            text += "; too few folds for a test)"
+        out.append(text)
+    out.append("python/reproduce.py runs the full comparison (all selectors, several datasets, 5 folds each).")
+    return out
+
+
+def plot(path: Path, args, runs: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    for s in args.selectors:
+        curves = np.array([[r["val_macro_auc"] for r in f["history"]] for f in runs[s]])
+        mean = curves.mean(0)
+        (line,) = ax.plot(range(len(mean)), mean, label=training.SELECTORS[s][0], lw=1.6)
+        if len(curves) > 1:
+            ax.fill_between(range(len(mean)), curves.min(0), curves.max(0), color=line.get_color(), alpha=0.12)
+    ax.axvspan(-0.5, args.warmup - 0.5, color="grey", alpha=0.12, label="warm-up (uniform)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation Macro-AUC")
+    ax.set_title(f"mean over {args.folds} fold(s), band: min-max")
+    tail = np.concatenate(
+        [[r["val_macro_auc"] for r in f["history"][args.epochs // 4 :]] for s in runs for f in runs[s]]
+    )
+    lo, hi = tail.min(), tail.max()
+    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-6), hi + 0.1 * (hi - lo + 1e-6))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    names = [training.SELECTORS[s][0] for s in args.selectors]
+    sel, tr = [], []
+    for s in args.selectors:
+        recs = [r for f in runs[s] for r in f["history"] if r["selecting"] or s in ("random", "balance")]
+        recs = recs or [r for f in runs[s] for r in f["history"]]
+        sel.append(np.median([r["select_ms"] for r in recs]))
+        tr.append(np.median([r["train_ms"] for r in recs]))
+    ybar = np.arange(len(names))
+    bars.barh(ybar, tr, color="#9ecae1", label="training steps")
+    bars.barh(ybar, sel, left=tr, color="#e6550d", label="selector")
+    bars.set_yticks(ybar, names)
+    bars.invert_yaxis()
+    bars.set_xlabel("ms per epoch (median over selection epochs)")
+    bars.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("demo.py: --device cuda but torch sees no CUDA device")
+    device = common.resolve_device(args.device, "demo.py")
     # Fail fast, with ubs_kernels' own message, if the requested backend is not built for this device.
     try:
         backends = {op: ubs.resolve_backend(op, device, args.backend) for op in ubs.OPS}
     except (RuntimeError, ValueError) as exc:
         raise SystemExit(f"demo.py: {exc}") from None
-    torch.manual_seed(args.seed)
 
-    def sync():  # CUDA ops are asynchronous: time them only after they finished
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    x_tr, y_tr, x_va, y_va = make_data(args, device)
-    n, q, b = x_tr.shape[0], args.labels, args.batch_size
-    model = torch.nn.Sequential(
-        torch.nn.Linear(args.features, 128), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(128, q)
-    ).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    selector = make_selector(args, x_tr, y_tr, device)
-
-    tqdm.write(
-        f"{args.selector} selector | train {n} x {args.features}, {q} labels, val {len(y_va)} | "
-        f"{args.epochs} epochs, warm-up {args.warmup}, batch {b} | device {device}"
+    torch.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+    ds = load(args)
+    folds = training.stratified_folds(ds.y, CV_FOLDS, args.seed)[: args.folds]
+    n, d, q = ds.shape
+    cfg = training.RunConfig(
+        model="mlp",
+        model_options={"hidden": args.hidden, "dropout": 0.2},
+        epochs=args.epochs,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        s0=args.s0,
+        backend=args.backend,
+        train_loss=False,
     )
-    best_auc, best_epoch, total_overhead, total_time = -math.inf, -1, 0.0, 0.0
-    for t in tqdm(range(args.epochs), desc="epochs", unit="epoch", disable=None):
-        sync()
-        t0 = time.perf_counter()
-        batches = iter(selector)  # the first next() refreshes P and plans the epoch
-        overhead, loss_sum, steps, drawn = 0.0, 0.0, 0, []
-        while True:
-            t1 = time.perf_counter()
-            idx = next(batches, None)
-            overhead += time.perf_counter() - t1
-            if idx is None:
-                break
-            idx_dev = idx.to(device)
-            logits = model(x_tr[idx_dev])
-            loss = loss_fn(logits, y_tr[idx_dev])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item()  # also syncs, so the observe timing below is its own
-            t1 = time.perf_counter()
-            selector.observe(idx_dev, logits=logits.detach())  # the selector applies the sigmoid
-            sync()
-            overhead += time.perf_counter() - t1
-            steps += 1
-            drawn.append(idx)
-        epoch_time = time.perf_counter() - t0
-        total_overhead, total_time = total_overhead + overhead, total_time + epoch_time
+    widths = "-".join(str(w) for w in [d, *args.hidden, q])
+    tr, va, te = (len(a) for a in folds[0])
+    tqdm.write(
+        f"{ds.name}: train {tr} x {d}, {q} labels, val {va}, test {te} | {len(args.selectors)} selectors x "
+        f"{args.folds} fold(s), {args.epochs} epochs (warm-up {args.warmup}), batch {args.batch_size}, "
+        f"MLP {widths}, Adam lr {args.lr:g} | device {device}"
+    )
+    runs: dict = {}
+    bar = tqdm(total=args.folds * len(args.selectors) * args.epochs, unit="epoch", disable=None, leave=False)
+    for fold, (train, val, test) in enumerate(folds):
+        split = training.make_split(ds.x, ds.y, train, val, test)
+        for s in args.selectors:
 
-        auc = macro_auc(model, x_va, y_va)
-        if auc > best_auc:
-            best_auc, best_epoch = auc, t
-        p = selector.sample_probabilities
-        p_ratio = float(p.max() / p.min())
-        selecting = selector.selecting
-        pressure = selector.pressure(t) if selecting and hasattr(selector, "pressure") else None
-        mi = None
-        if isinstance(selector, ubs.UncertaintyBatchSelector) and t > 0:
-            # c_a = 1 + sum_{b != a} C_ab, so (c - 1) / (q - 1) is label a's mean MI with the others.
-            c = selector.label_correlation_rowsums()
-            mi = float(((c - 1) / max(q - 1, 1)).mean())
-        distinct = torch.cat(drawn).unique().numel() / n
-        phase = "selection" if selecting else "uniform"
-        tqdm.write(
-            f"epoch {t:3d} {phase:<9s} | loss {loss_sum / steps:.4f} | val Macro-AUC {auc:.4f} | "
-            f"s_t {'-' if pressure is None else f'{pressure:.2f}':>6s} | MI {'-' if mi is None else f'{mi:.4f}':>6s} | "
-            f"Pmax/Pmin {p_ratio:6.2f} | distinct {distinct:.2f} | overhead {100 * overhead / epoch_time:4.1f}%"
-        )
+            def on_epoch(r, s=s, fold=fold):
+                bar.update(1)
+                if fold == 0:
+                    tqdm.write(epoch_line(s, r))
 
-    tqdm.write(f"best val Macro-AUC {best_auc:.4f} at epoch {best_epoch}")
-    share = 100 * total_overhead / total_time
-    tqdm.write(f"selection overhead {share:.1f}% of {total_time:.2f} s spent selecting + training")
+            result, history = training.train_one(s, split, cfg, 1000 * args.seed + fold, device, on_epoch)
+            runs.setdefault(s, []).append({"result": result, "history": history})
+            if fold > 0:
+                tqdm.write(
+                    f"fold {fold} {s:<7s}: best val Macro-AUC {result['val_macro_auc']:.4f} at epoch "
+                    f"{result['best_epoch']}, test {result['macro_auc']:.4f}"
+                )
+    bar.close()
+
+    tqdm.write("")
+    tqdm.write(f"test Macro-AUC at the best validation epoch, {args.folds} fold(s); cost per epoch:")
+    for line in summary_table(args, runs):
+        tqdm.write(line)
+    for line in verdict(args, runs):
+        tqdm.write(line)
+    if args.plot:
+        title = f"{ds.name} ({n} x {d}, {q} labels): MLP {widths}, batch {args.batch_size}, lr {args.lr:g}"
+        plot(Path(args.plot), args, runs, title)
+        tqdm.write(f"wrote {args.plot}")
+    tqdm.write(f"demo took {time.perf_counter() - t_all:.1f} s")
     tqdm.write(f"ubs_kernels backends (auto) on {device.type}: {ubs.build_info()['backends'].get(device.type)}")
     if args.backend != "auto":
         tqdm.write(f"ubs_kernels backends used (--backend {args.backend}): {backends}")

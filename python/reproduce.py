@@ -4,35 +4,39 @@ For every dataset, iterative-stratified k-fold cross-validation (Sechidis et al.
 ``iterative-stratification`` package); in each fold the held-out part is split in half
 (again iteratively stratified) into a validation set, which picks the best epoch by Macro-AUC,
 and a test set, on which that epoch's model is scored: the authors' protocol. Every selector
-trains the same model from the same initial weights in a fold (paired comparison) with Adam
-(lr 1e-4, weight decay 1e-4, betas 0.9/0.999), batch 128, for ``--epochs`` epochs; the
-selectors' pressure schedule and warm-up are theirs (T=5, lambda1=0.5, s0=100, 5 warm-up epochs).
+trains the same model (``--model mlp|clif|dela``) from the same initial weights in a fold
+(paired comparison) with Adam (lr 1e-4, weight decay 1e-4, betas 0.9/0.999), batch 128, for
+``--epochs`` epochs; the selectors' pressure schedule and warm-up are the paper's (T=5,
+lambda1=0.5, s0=100, 5 warm-up epochs). ``ubs_noc`` is UBS with C = ones (the authors'
+released code), the ablation of the label-correlation term.
 
-Writes to ``--out``:
+Writes to ``--out`` (default ``out/reproduce`` in the repository, git-ignored):
 
 * ``results.csv``: one row per (dataset, selector, fold): test metrics at the best validation epoch;
-* ``history.csv``: one row per epoch: loss on the epoch's batches, loss on the whole training
-  split, validation Macro-AUC, seconds;
+* ``history.csv``: one row per epoch: loss on the epoch's batches, loss on the training split,
+  validation Macro-AUC, seconds, and what the selector did (pressure, P_max/P_min, distinct
+  samples drawn, milliseconds in the selector and in training; for UBS the total-variation
+  distance between P with C = MI and P with C = ones);
 * ``table.md``: Table-3-style tables (mean ± std over folds, rank per dataset, average rank) for
-  every metric, and each selector's gain over Random;
-* ``convergence_<dataset>.png``: training loss and validation Macro-AUC per epoch (fold means);
+  every metric, the paper's numbers beside ours (CLIF / DELA), each selector's gain over Random,
+  UBS against UBS with C = ones, and how much C moved P;
+* ``convergence_<dataset>[_<model>].png``: training loss and validation Macro-AUC per epoch (fold means);
 * ``run.json``: arguments, library versions, dataset shapes and preprocessing notes, timings.
 
 Example::
 
-    python python/reproduce.py --datasets scene yeast --selectors random ubs --folds 5 --epochs 100 --out results
+    python python/reproduce.py --datasets scene yeast --selectors random ubs ubs_noc --model clif --out out/clif
 
-``--resume`` skips runs already in ``results.csv``; ``--report-only`` rebuilds the table and
-plots from the CSVs in ``--out``.
+An existing ``results.csv`` in ``--out`` is never deleted: add to it with ``--resume`` (runs
+already there are skipped), or choose another ``--out``. ``--report-only`` rebuilds the table
+and plots from the CSVs.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
-import math
 import platform
 import sys
 import time
@@ -40,26 +44,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import data as datamod  # noqa: E402
 import metrics as metricmod  # noqa: E402
 import models as modelmod  # noqa: E402
+import paper  # noqa: E402
+import training  # noqa: E402
 
 import ubs_kernels as ubs  # noqa: E402
 
-# name -> (column title as in the paper's Table 3, ubs_kernels class)
-SELECTORS: dict[str, tuple[str, str]] = {
-    "random": ("Random", "RandomSelector"),
-    "balance": ("Balance", "BalanceSelector"),
-    "active": ("Active", "ActiveBiasSelector"),
-    "recent": ("Recent", "RecencyBiasSelector"),
-    "hard": ("Hard", "HardImbalanceSelector"),
-    "ubs": ("UBS", "UncertaintyBatchSelector"),
-}
+SELECTORS = training.SELECTORS
+stratified_folds = training.stratified_folds
+
 RESULT_FIELDS = [
     "dataset",
     "model",
@@ -77,6 +77,7 @@ RESULT_FIELDS = [
     "num_features",
     "seconds",
     "selection_seconds",
+    "warmup",
 ]
 HISTORY_FIELDS = [
     "dataset",
@@ -88,199 +89,66 @@ HISTORY_FIELDS = [
     "train_loss",
     "val_macro_auc",
     "seconds",
+    "pressure",
+    "p_ratio",
+    "distinct",
+    "select_ms",
+    "train_ms",
+    "tv_mi_ones",
+    "c_cv",
+    "mean_mi",
 ]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="reproduce.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     p.add_argument("--datasets", nargs="+", default=["scene", "yeast"], help="dataset names (see python/README.md)")
-    p.add_argument("--selectors", nargs="+", default=list(SELECTORS), choices=list(SELECTORS))
+    p.add_argument(
+        "--selectors",
+        nargs="+",
+        default=[s for s in SELECTORS if s != "ubs_noc"],
+        choices=list(SELECTORS),
+        help="ubs_noc: UBS with C = ones",
+    )
     p.add_argument("--model", default="mlp", choices=modelmod.MODELS)
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (iteratively stratified)")
+    p.add_argument("--only-folds", type=int, nargs="+", default=None, help="run only these folds (0-based) of --folds")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
-    p.add_argument("--warmup", type=int, default=5, help="warm-up epochs of uniform batches (gamma)")
+    common.add_warmup_argument(p)
     p.add_argument("--window", type=int, default=5, help="T: predictions kept per sample")
     p.add_argument("--lam", type=float, default=0.5, help="lambda1 of Eq. 5")
     p.add_argument("--bins", type=int, default=10, help="tau: bins per label for the mutual information")
     p.add_argument("--s0", type=float, default=100.0, help="initial selection pressure (UBS, Recent, Hard)")
     p.add_argument("--hidden", type=int, nargs="*", default=[512, 512], help="MLP hidden widths")
-    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--dropout", type=float, default=0.2, help="MLP dropout")
+    p.add_argument(
+        "--train-loss-samples",
+        type=int,
+        default=0,
+        help="loss on the training split each epoch over a fixed sample of this many (0: the whole split)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="default: $UBS_DATA_DIR, else <repo>/../shared/data")
     p.add_argument("--min-positives", type=int, default=datamod.MIN_POSITIVES, help="drop labels with <= this many")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--out", default="results", help="output directory")
-    p.add_argument("--resume", action="store_true", help="skip (dataset, selector, fold) runs already in results.csv")
+    p.add_argument("--out", default=str(common.OUT_ROOT / "reproduce"), help="output directory (default out/reproduce)")
+    p.add_argument("--resume", action="store_true", help="add to the results in --out, skipping runs already there")
     p.add_argument("--report-only", action="store_true", help="only rebuild table.md and the plots from the CSVs")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = p.parse_args(argv)
     if args.folds < 2:
         p.error("--folds must be >= 2")
-    if args.epochs < 1:
-        p.error("--epochs must be >= 1")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
-    if args.warmup >= args.epochs:  # e.g. a 3-epoch smoke run: keep one selection epoch
-        args.warmup = args.epochs - 1
-        print(f"reproduce.py: --warmup lowered to {args.warmup} (must be below --epochs)", file=sys.stderr)
+    if args.only_folds is not None and not all(0 <= f < args.folds for f in args.only_folds):
+        p.error(f"--only-folds must be in 0..{args.folds - 1}")
+    common.resolve_warmup(p, args)
     return args
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("reproduce.py: --device cuda but torch sees no CUDA device")
-    return device
-
-
-# --------------------------------------------------------------------------------------------
-# Folds
-# --------------------------------------------------------------------------------------------
-
-
-def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(train, val, test) index arrays per fold.
-
-    ``MultilabelStratifiedKFold`` (iterative stratification) gives train / held-out; the held-out
-    part is halved into validation and test by a 2-fold ``MultilabelStratifiedKFold`` (the
-    authors' code halves it too, with a plain random split).
-    """
-    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
-    dummy = np.zeros((len(y), 1))
-    out = []
-    kfold = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for f, (train, held) in enumerate(kfold.split(dummy, y)):
-        half = MultilabelStratifiedKFold(n_splits=2, shuffle=True, random_state=seed + 1 + f)
-        val_pos, test_pos = next(half.split(dummy[held], y[held]))
-        out.append((np.sort(train), np.sort(held[val_pos]), np.sort(held[test_pos])))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# One training run
-# --------------------------------------------------------------------------------------------
-
-
-def make_selector(name: str, y_train: np.ndarray, x_train: np.ndarray, args, seed: int, device: torch.device):
-    cls = getattr(ubs, SELECTORS[name][1], None)
-    if cls is None:
-        raise SystemExit(f"reproduce.py: ubs_kernels has no {SELECTORS[name][1]} (selector {name!r})")
-    n, q = y_train.shape
-    common = {"batch_size": args.batch_size, "epochs": args.epochs, "seed": seed, "device": str(device)}
-    labels = torch.from_numpy(y_train.astype(np.float32))
-    if name == "random":
-        return cls(n, **common)
-    if name == "balance":
-        return cls(labels, **common)
-    if name == "active":
-        return cls(n, q, warmup=args.warmup, **common)
-    if name == "recent":
-        return cls(n, q, window=args.window, s0=args.s0, warmup=args.warmup, **common)
-    if name == "hard":
-        return cls(labels, features=torch.from_numpy(x_train), s0=args.s0, warmup=args.warmup, **common)
-    return cls(n, q, window=args.window, lam=args.lam, bins=args.bins, s0=args.s0, warmup=args.warmup, **common)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Sigmoid scores of ``x`` in eval mode, as a float32 tensor on x's device."""
-    model.eval()
-    out = torch.cat([model(x[i : i + chunk]).float().sigmoid() for i in range(0, len(x), chunk)])
-    model.train()
-    return out
-
-
-def train_one(name: str, split: dict, args, seed: int, device: torch.device, on_epoch=None) -> tuple[dict, list[dict]]:
-    """Train one model with selector ``name``; return test metrics at the best validation epoch and the history."""
-    x_tr, y_tr = split["x_train"], split["y_train"]
-    n, d = x_tr.shape
-    q = y_tr.shape[1]
-    xt = torch.as_tensor(x_tr, device=device)
-    yt = torch.as_tensor(y_tr, dtype=torch.float32, device=device)
-    xv = torch.as_tensor(split["x_val"], device=device)
-
-    torch.manual_seed(seed)  # same initial weights for every selector in a fold
-    model = modelmod.build_model(args.model, d, q, args.hidden, args.dropout).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
-    selector = make_selector(name, y_tr, x_tr, args, seed, device)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    history, best = [], (-math.inf, -1, None)
-    t_start, t_select = time.perf_counter(), 0.0
-    for epoch in range(args.epochs):
-        t_epoch = time.perf_counter()
-        model.train()
-        loss_sum, steps = torch.zeros((), device=device), 0
-        batches = iter(selector)
-        while True:
-            t0 = time.perf_counter()
-            idx = next(batches, None)  # epoch planning happens in the first next()
-            t_select += time.perf_counter() - t0
-            if idx is None:
-                break
-            idx_dev = idx.to(device, non_blocking=True)
-            logits = model(xt[idx_dev])
-            loss = F.binary_cross_entropy_with_logits(logits, yt[idx_dev])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            probs = logits.detach().sigmoid()
-            sync()
-            t0 = time.perf_counter()
-            selector.observe(idx, probs)
-            sync()
-            t_select += time.perf_counter() - t0
-            loss_sum += loss.detach()
-            steps += 1
-        batch_loss = float(loss_sum) / max(steps, 1)
-        train_loss = float(F.binary_cross_entropy(predict(model, xt), yt))
-        val_auc = metricmod.macro_auc_fast(split["y_val"], predict(model, xv).cpu().numpy())
-        if val_auc > best[0]:
-            best = (val_auc, epoch, copy.deepcopy(model.state_dict()))
-        history.append(
-            {
-                "epoch": epoch,
-                "batch_loss": batch_loss,
-                "train_loss": train_loss,
-                "val_macro_auc": val_auc,
-                "seconds": time.perf_counter() - t_epoch,
-            }
-        )
-        if on_epoch is not None:
-            on_epoch(epoch, val_auc)
-    seconds = time.perf_counter() - t_start
-
-    model.load_state_dict(best[2])
-    scores = predict(model, torch.as_tensor(split["x_test"], device=device)).cpu().numpy()
-    result = metricmod.evaluate(split["y_test"], scores)
-    result.update(best_epoch=best[1], val_macro_auc=best[0], seconds=seconds, selection_seconds=t_select)
-    return result, history
-
-
-def make_split(ds: datamod.MultiLabelData, train, val, test) -> dict:
-    """Fold arrays, features min-max scaled to [0, 1] with the training part's range."""
-    from sklearn.preprocessing import MinMaxScaler
-
-    scaler = MinMaxScaler().fit(ds.x[train])
-    return {
-        "x_train": scaler.transform(ds.x[train]).astype(np.float32),
-        "y_train": ds.y[train],
-        "x_val": scaler.transform(ds.x[val]).astype(np.float32),
-        "y_val": ds.y[val],
-        "x_test": scaler.transform(ds.x[test]).astype(np.float32),
-        "y_test": ds.y[test],
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,11 +157,17 @@ def make_split(ds: datamod.MultiLabelData, train, val, test) -> dict:
 
 
 def _fmt(v):
-    """CSV cell: floats with 7 significant digits (the tables show 4 decimals)."""
+    """CSV cell: floats with 7 significant digits (the tables show 4 decimals); None as empty."""
+    if v is None:
+        return ""
     return f"{v:.7g}" if isinstance(v, float) else v
 
 
 def _append_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """Append rows; a file written by an earlier version keeps its own columns."""
+    if path.exists():
+        with path.open(newline="") as fh:
+            fields = next(csv.reader(fh), fields)
     new = not path.exists()
     with path.open("a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
@@ -315,6 +189,11 @@ def _rank(values: list[float], higher_better: bool) -> list[float]:
     return [1 + sum((o > v) if higher_better else (o < v) for o in rounded) for v in rounded]
 
 
+def _float(row: dict, key: str) -> float | None:
+    value = row.get(key, "")
+    return float(value) if value not in ("", None) else None
+
+
 def summarise(rows: list[dict]) -> dict:
     """{(dataset, model): {selector: {metric: [values over folds]}}} from results.csv rows."""
     out: dict = {}
@@ -323,7 +202,14 @@ def summarise(rows: list[dict]) -> dict:
         for m in (*metricmod.METRICS, "macro_auc_defined", "seconds", "selection_seconds"):
             cell.setdefault(m, []).append(float(r[m]))
         cell.setdefault("fold", []).append(int(r["fold"]))
+        cell.setdefault("best_epoch", []).append(int(r["best_epoch"]))
+        cell.setdefault("warmup", []).append(int(_float(r, "warmup") or 0))
     return out
+
+
+def chosen_in_warmup(cell: dict) -> bool:
+    """Whether every fold's best epoch lies in the selector's warm-up (uniform batches, as Random's)."""
+    return all(w > 0 and e < w for e, w in zip(cell["best_epoch"], cell["warmup"], strict=True))
 
 
 def _gain_cell(diffs: list[float], with_p: bool = False) -> str:
@@ -337,8 +223,64 @@ def _gain_cell(diffs: list[float], with_p: bool = False) -> str:
     return cell
 
 
-def markdown_tables(rows: list[dict], selectors: list[str] | None = None) -> str:
-    """Table-3-style Markdown: per metric, mean ± std over folds (rank), average rank; gains over Random."""
+def _paired(cells: dict, s: str, base: str) -> list[float]:
+    ref = dict(zip(cells[base]["fold"], cells[base]["macro_auc"], strict=True))
+    return [v - ref[f] for f, v in zip(cells[s]["fold"], cells[s]["macro_auc"], strict=True) if f in ref]
+
+
+WARMUP_CELL = "no selection (best epochs in warm-up)"
+
+
+def gain_table(summary: dict, keys: list, order: list[str], model: str, base: str, title: str, intro: str) -> list[str]:
+    """Paired Macro-AUC differences of each selector in ``order`` to ``base`` per dataset, pooled with Wilcoxon."""
+    others = [s for s in order if s != base]
+    lines = [
+        f"### {title}, {model.upper()}",
+        "",
+        intro,
+        "",
+        "| Dataset | " + " | ".join(SELECTORS[s][0] for s in others) + " |",
+        "|---|" + "---|" * len(others),
+    ]
+    pooled: dict[str, list[float]] = {s: [] for s in others}
+    for key in keys:
+        cells = summary[key]
+        if base not in cells:
+            continue
+        row = []
+        for s in others:
+            diffs = _paired(cells, s, base) if s in cells else []
+            if not diffs:
+                row.append("–")
+            elif chosen_in_warmup(cells[s]):
+                row.append(WARMUP_CELL)
+            else:
+                pooled[s] += diffs
+                row.append(_gain_cell(diffs))
+        lines.append(f"| {key[0]} | " + " | ".join(row) + " |")
+    if len(keys) > 1:
+        count = max(len(v) for v in pooled.values())
+        row = [_gain_cell(pooled[s], with_p=True) if pooled[s] else "–" for s in others]
+        lines.append(f"| all ({count} folds) | " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
+def warmup_notes(summary: dict) -> list[str]:
+    """One sentence per (dataset, selector) whose every best epoch is a warm-up epoch."""
+    notes = []
+    for (dataset, model), cells in summary.items():
+        empty = [SELECTORS[s][0] for s in cells if s in SELECTORS and chosen_in_warmup(cells[s])]
+        if empty:
+            notes.append(
+                f"{dataset} ({model.upper()}): every best epoch of {', '.join(empty)} is a warm-up epoch "
+                f"(uniform batches, the same as Random's), so selection played no part in the models compared: "
+                f"that comparison is empty; run more epochs."
+            )
+    return notes
+
+
+def markdown_tables(rows: list[dict], selectors: list[str] | None = None, history: list[dict] | None = None) -> str:
+    """Table-3-style Markdown: per metric, mean ± std over folds (rank), average rank; gains; diagnostics."""
     summary = summarise(rows)
     if not summary:
         return "No results.\n"
@@ -347,12 +289,23 @@ def markdown_tables(rows: list[dict], selectors: list[str] | None = None) -> str
     head = "| Dataset | " + " | ".join(SELECTORS[s][0] for s in order) + " |"
     sep = "|---|" + "---|" * len(order)
     lines = []
+    notes = warmup_notes(summary)
+    if notes:
+        lines += ["**Note.** " + " ".join(notes), ""]
     models = sorted({m for _, m in summary})
     for model in models:
         keys = [k for k in summary if k[1] == model]
         for metric, higher in metricmod.METRICS.items():
             arrow = "↑" if higher else "↓"
-            lines += [f"### {metricmod.LABELS[metric]} ({arrow}), {model.upper()}", "", head, sep]
+            lines += [f"### {metricmod.LABELS[metric]} ({arrow}), {model.upper()}", ""]
+            with_paper = metric == "macro_auc" and paper.TABLE3.get(model)
+            if with_paper:
+                lines += [
+                    f"Each dataset's second row: the paper's Table 3 with {model.upper()} (its rank among its six "
+                    "selectors; it has no UBS C=1 column).",
+                    "",
+                ]
+            lines += [head, sep]
             rank_sum, rank_n = dict.fromkeys(order, 0.0), dict.fromkeys(order, 0)
             for key in keys:
                 cells = summary[key]
@@ -369,46 +322,39 @@ def markdown_tables(rows: list[dict], selectors: list[str] | None = None) -> str
                     rank_sum[s] += ranks[s]
                     rank_n[s] += 1
                 lines.append(f"| {key[0]} | " + " | ".join(row) + " |")
+                published = paper.macro_auc(model, key[0]) if with_paper else None
+                if published:
+                    names = list(published)
+                    pranks = dict(zip(names, _rank([published[s] for s in names], True), strict=True))
+                    cells_p = [f"{published[s]:.4f} ({pranks[s]})" if s in published else "–" for s in order]
+                    lines.append("| ↳ paper | " + " | ".join(cells_p) + " |")
             avg = [f"{rank_sum[s] / rank_n[s]:.2f}" if rank_n[s] else "–" for s in order]
             lines += ["| Avg (Rank) | " + " | ".join(avg) + " |", ""]
 
         if "random" in order and len(order) > 1:
-            others = [s for s in order if s != "random"]
-            lines += [
-                f"### Gain over Random in test Macro-AUC, {model.upper()}",
-                "",
-                "Mean over folds of (selector − Random) on the same fold; in brackets the folds where "
-                "the selector is better / worse than Random. Last row: all folds of all datasets, with the "
-                "two-sided Wilcoxon signed-rank p-value of the paired differences.",
-                "",
-                "| Dataset | " + " | ".join(SELECTORS[s][0] for s in others) + " |",
-                "|---|" + "---|" * len(others),
-            ]
-            pooled: dict[str, list[float]] = {s: [] for s in others}
-            for key in keys:
-                cells = summary[key]
-                if "random" not in cells:
-                    continue
-                base = dict(zip(cells["random"]["fold"], cells["random"]["macro_auc"], strict=True))
-                row = []
-                for s in others:
-                    if s not in cells:
-                        row.append("–")
-                        continue
-                    diffs = [
-                        v - base[f] for f, v in zip(cells[s]["fold"], cells[s]["macro_auc"], strict=True) if f in base
-                    ]
-                    if not diffs:
-                        row.append("–")
-                        continue
-                    pooled[s] += diffs
-                    row.append(_gain_cell(diffs))
-                lines.append(f"| {key[0]} | " + " | ".join(row) + " |")
-            if len(keys) > 1:
-                count = max(len(v) for v in pooled.values())
-                row = [_gain_cell(pooled[s], with_p=True) if pooled[s] else "–" for s in others]
-                lines.append(f"| all ({count} folds) | " + " | ".join(row) + " |")
-            lines.append("")
+            lines += gain_table(
+                summary,
+                keys,
+                order,
+                model,
+                "random",
+                "Gain over Random in test Macro-AUC",
+                "Mean over folds of (selector − Random) on the same fold; in brackets the folds where the selector "
+                "is better / worse than Random. Last row: all folds of all datasets, with the two-sided Wilcoxon "
+                f"signed-rank p-value of the paired differences. “{WARMUP_CELL}”: every best epoch of the selector "
+                "was a warm-up epoch, so the comparison is empty.",
+            )
+        if "ubs" in order and "ubs_noc" in order:
+            lines += gain_table(
+                summary,
+                keys,
+                ["ubs_noc", "ubs"],
+                model,
+                "ubs_noc",
+                "The correlation term: UBS (C = mutual information) against UBS with C = ones",
+                "Mean over folds of (UBS − UBS C=1) in test Macro-AUC, same folds, seeds and initial weights; "
+                "folds better / worse; last row pooled, with the Wilcoxon p-value.",
+            )
 
         lines += [
             f"### Seconds per run, {model.upper()}",
@@ -430,11 +376,51 @@ def markdown_tables(rows: list[dict], selectors: list[str] | None = None) -> str
                 row.append(f"{sec:.1f} ({100 * sel / max(sec, 1e-9):.0f}%)")
             lines.append(f"| {key[0]} | " + " | ".join(row) + " |")
         lines.append("")
+        if history:
+            lines += correlation_table(history, model)
     return "\n".join(lines)
 
 
+def correlation_table(history: list[dict], model: str) -> list[str]:
+    """How much the label correlation term moved P, per dataset (UBS runs, selection epochs)."""
+    stats: dict = {}
+    for r in history:
+        if r["model"] != model or r["selector"] not in training.UBS_NAMES:
+            continue
+        tv = _float(r, "tv_mi_ones")
+        if tv is None:
+            continue
+        g = stats.setdefault((r["dataset"], r["selector"]), {"tv": [], "cv": [], "mi": [], "ratio": [], "distinct": []})
+        g["tv"].append(tv)
+        g["cv"].append(_float(r, "c_cv"))
+        g["mi"].append(_float(r, "mean_mi"))
+        g["ratio"].append(_float(r, "p_ratio"))
+        g["distinct"].append(_float(r, "distinct"))
+    if not stats:
+        return []
+    lines = [
+        f"### How much C moves P, {model.upper()}",
+        "",
+        "Over the selection epochs of every fold, from the U each epoch was planned with: the total-variation "
+        "distance between P with C = mutual information (Eq. 6) and P with C = ones (mean, max), the spread of "
+        "the MI row sums c = C·1 (std / mean; P depends on c only through its spread, since w = U c is min-max "
+        "normalised), the mean off-diagonal MI, P_max / P_min (= s_t) and the share of distinct training "
+        "samples drawn per epoch. The selector's P is the MI one for UBS and the ones one for UBS C=1.",
+        "",
+        "| Dataset | selector | TV(P_MI, P_ones) mean | max | c std/mean | mean MI | Pmax/Pmin (mean) | distinct |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, sel), g in stats.items():
+        lines.append(
+            f"| {dataset} | {SELECTORS[sel][0]} | {np.mean(g['tv']):.4f} | {np.max(g['tv']):.4f} | "
+            f"{np.mean(g['cv']):.4f} | {np.mean(g['mi']):.4f} | {np.mean(g['ratio']):.1f} | "
+            f"{np.mean(g['distinct']):.2f} |"
+        )
+    return [*lines, ""]
+
+
 def plot_convergence(history: list[dict], out_dir: Path, selectors: list[str] | None = None) -> list[Path]:
-    """One PNG per (dataset, model): batch loss, whole-training-split loss and validation Macro-AUC per epoch."""
+    """One PNG per (dataset, model): batch loss, training-split loss and validation Macro-AUC per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -444,18 +430,22 @@ def plot_convergence(history: list[dict], out_dir: Path, selectors: list[str] | 
     for r in history:
         g = groups.setdefault((r["dataset"], r["model"]), {}).setdefault(r["selector"], {})
         for col in ("batch_loss", "train_loss", "val_macro_auc"):
-            g.setdefault(col, {}).setdefault(int(r["epoch"]), []).append(float(r[col]))
+            value = _float(r, col)
+            if value is not None:
+                g.setdefault(col, {}).setdefault(int(r["epoch"]), []).append(value)
     paths = []
     for (dataset, model), by_sel in groups.items():
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
         panels = [
-            ("batch_loss", "training loss (epoch's batches)"),
-            ("train_loss", "training loss (whole training split)"),
+            ("batch_loss", "training objective (epoch's batches)"),
+            ("train_loss", "BCE on the training split"),
             ("val_macro_auc", "validation Macro-AUC"),
         ]
         for ax, (col, title) in zip(axes, panels, strict=True):
             tails = []
             for s in [s for s in (selectors or SELECTORS) if s in by_sel]:
+                if col not in by_sel[s]:
+                    continue
                 epochs = sorted(by_sel[s][col])
                 curve = [float(np.mean(by_sel[s][col][e])) for e in epochs]
                 ax.plot(epochs, curve, label=SELECTORS[s][0], lw=1.4)
@@ -466,16 +456,13 @@ def plot_convergence(history: list[dict], out_dir: Path, selectors: list[str] | 
             ax.set_title(title)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
-        axes[0].set_ylabel("BCE")
         axes[2].legend()
         fig.suptitle(f"{dataset} ({model.upper()}), mean over folds")
         fig.tight_layout()
-        path = (
-            out_dir / f"convergence_{dataset}.png" if model == "mlp" else out_dir / f"convergence_{dataset}_{model}.png"
-        )
-        fig.savefig(path, dpi=110)
+        name = f"convergence_{dataset}.png" if model == "mlp" else f"convergence_{dataset}_{model}.png"
+        fig.savefig(out_dir / name, dpi=110)
         plt.close(fig)
-        paths.append(path)
+        paths.append(out_dir / name)
     return paths
 
 
@@ -505,10 +492,11 @@ def convergence_table(history: list[dict], selectors: list[str] | None = None, p
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def write_report(out_dir: Path, selectors: list[str] | None = None) -> None:
+def write_report(out_dir: Path, selectors: list[str] | None = None) -> list[str]:
+    """Rebuild table.md and the plots from the CSVs; return the warm-up notes (also in table.md)."""
     rows = _read_csv(out_dir / "results.csv")
     history = _read_csv(out_dir / "history.csv")
-    text = markdown_tables(rows, selectors)
+    text = markdown_tables(rows, selectors, history)
     (out_dir / "table.md").write_text(
         "# Batch selection comparison (test metrics at the best validation epoch)\n\n"
         "Mean ± std over folds, (rank among the selectors for that dataset; ties share the best rank), "
@@ -518,6 +506,7 @@ def write_report(out_dir: Path, selectors: list[str] | None = None) -> None:
         + convergence_table(history, selectors)
     )
     plot_convergence(history, out_dir, selectors)
+    return warmup_notes(summarise(rows))
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,25 +514,53 @@ def write_report(out_dir: Path, selectors: list[str] | None = None) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def run_config(args, ds: datamod.MultiLabelData) -> training.RunConfig:
+    if args.model == "mlp":
+        options = {"hidden": args.hidden, "dropout": args.dropout}
+    elif args.model == "clif":
+        options = modelmod.clif_settings(ds.name)
+    else:
+        options = {}
+    return training.RunConfig(
+        model=args.model,
+        model_options=options,
+        epochs=args.epochs,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        betas=tuple(args.betas),
+        window=args.window,
+        lam=args.lam,
+        bins=args.bins,
+        s0=args.s0,
+        train_loss=True,
+    )
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path, history_path = out_dir / "results.csv", out_dir / "history.csv"
     if args.report_only:
-        write_report(out_dir, args.selectors)
+        if not results_path.exists():
+            raise SystemExit(f"reproduce.py: no {results_path} to report on")
+        for note in write_report(out_dir, args.selectors):
+            print(note)
         print(f"wrote {out_dir / 'table.md'} and the plots")
         return
-    device = resolve_device(args.device)
+    if not args.resume and (results_path.exists() or history_path.exists()):
+        raise SystemExit(
+            f"reproduce.py: {out_dir} already holds results of an earlier run, which are never deleted: "
+            f"add to them with --resume, or give another --out"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = common.resolve_device(args.device, "reproduce.py")
     if args.threads:
         torch.set_num_threads(args.threads)
     missing = [SELECTORS[s][1] for s in args.selectors if not hasattr(ubs, SELECTORS[s][1])]
     if missing:
         raise SystemExit(f"reproduce.py: ubs_kernels {ubs.__version__} lacks {missing}")
-
-    results_path, history_path = out_dir / "results.csv", out_dir / "history.csv"
-    if not args.resume:
-        for p in (results_path, history_path):
-            p.unlink(missing_ok=True)
     done = {(r["dataset"], r["model"], r["selector"], int(r["fold"])) for r in _read_csv(results_path)}
 
     datasets = []
@@ -568,30 +585,46 @@ def main(argv=None) -> None:
             "numpy": np.__version__,
         },
         "datasets": previous.get("datasets", {})
-        | {ds.name: {"shape": ds.shape, "source": ds.source, "notes": ds.notes} for ds in datasets},
+        | {
+            ds.name: {
+                "shape": ds.shape,
+                "source": ds.source,
+                "notes": ds.notes,
+                "model_options": run_config(args, ds).model_options,
+            }
+            for ds in datasets
+        },
         "seconds": previous.get("seconds", {}),
     }
     if previous:
         run_info["previous_argv"] = previous.get("previous_argv", []) + [previous.get("argv")]
-    total = len(datasets) * args.folds * len(args.selectors) * args.epochs
+    folds_run = args.only_folds if args.only_folds is not None else list(range(args.folds))
+    total = len(datasets) * len(folds_run) * len(args.selectors) * args.epochs
     bar = tqdm(total=total, unit="epoch", disable=args.no_progress, mininterval=1.0, dynamic_ncols=True)
     t_all = time.perf_counter()
     for ds in datasets:
         t_ds = time.perf_counter()
+        cfg = run_config(args, ds)
         for fold, (train, val, test) in enumerate(stratified_folds(ds.y, args.folds, args.seed)):
-            split = make_split(ds, train, val, test)
+            if fold not in folds_run:
+                continue
+            split = training.make_split(ds.x, ds.y, train, val, test)
+            if args.train_loss_samples and len(train) > args.train_loss_samples:
+                # A fixed sample of the training split for the per-epoch training loss (the same for every selector).
+                pick = np.random.default_rng(args.seed * 1000 + fold).choice(len(train), args.train_loss_samples, False)
+                split["train_loss_rows"] = np.sort(pick)
             for name in args.selectors:
                 if (ds.name, args.model, name, fold) in done:
                     bar.update(args.epochs)
                     continue
                 bar.set_description(f"{ds.name} fold {fold + 1}/{args.folds} {SELECTORS[name][0]}")
 
-                def on_epoch(epoch, val_auc):
+                def on_epoch(record):
                     bar.update(1)
-                    bar.set_postfix(val_auc=f"{val_auc:.4f}", refresh=False)
+                    bar.set_postfix(val_auc=f"{record['val_macro_auc']:.4f}", refresh=False)
 
                 seed = args.seed * 1000 + fold
-                result, history = train_one(name, split, args, seed, device, on_epoch)
+                result, history = training.train_one(name, split, cfg, seed, device, on_epoch)
                 tag = {"dataset": ds.name, "model": args.model, "selector": name, "fold": fold}
                 result.update(
                     tag,
@@ -605,10 +638,12 @@ def main(argv=None) -> None:
                 _append_csv(history_path, HISTORY_FIELDS, [{**tag, **h} for h in history])
         run_info["seconds"][ds.name] = round(time.perf_counter() - t_ds, 1)
         write_report(out_dir, args.selectors)
+        run_path.write_text(json.dumps(run_info, indent=2, default=str) + "\n")
     bar.close()
     run_info["seconds"]["total"] = round(time.perf_counter() - t_all, 1)
     run_path.write_text(json.dumps(run_info, indent=2, default=str) + "\n")
-    write_report(out_dir, args.selectors)
+    for note in write_report(out_dir, args.selectors):
+        tqdm.write(note)
     tqdm.write(f"wrote {results_path}, {history_path}, {out_dir / 'table.md'} and the plots in {out_dir}")
 
 

@@ -12,17 +12,20 @@ boundary the ranks refresh P together: exact label mutual information, global mi
 the weights, P normalised over all ranks (SPEC.md Eq. 6-11). Every rank yields the same
 number of batches, so DDP's gradient all-reduce stays in step.
 
-Rank 0 prints one line per epoch: train loss (mean over all ranks), test micro-F1, s_t and
-the route of the mutual information. ``--mi-error`` also measures, at each selection epoch,
+Rank 0 prints one line per epoch: train loss (mean over all ranks), test micro-F1 and s_t
+(``-`` in warm-up epochs, which draw uniform batches). ``--mi-error`` also measures, at each selection epoch,
 the approximate route against the exact one (max relative error of ``c = C 1`` and the total
 variation distance between the two P). ``--checkpoint DIR`` saves each rank's selector state
-(``selector-rank{r}.pt``) and the model every epoch, and resumes from them.
+(``selector-rank{r}.pt``) and the model every epoch, and resumes from them (saying from which
+epoch). ``--warmup`` follows the rule of ``common.py``: 5 by default, lowered to ``epochs - 1``
+for shorter runs; an explicit warm-up that leaves no selection epoch is an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,24 +36,30 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 from torch.nn.parallel import DistributedDataParallel
 
-import ubs_kernels as ubs
-from ubs_kernels import distributed
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+import ubs_kernels as ubs  # noqa: E402
+from ubs_kernels import distributed  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="train_ddp.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=4000)
     p.add_argument("--features", type=int, default=60)
     p.add_argument("--labels", type=int, default=20)
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    common.add_warmup_argument(p)
     p.add_argument("--batch-size", type=int, default=64, help="per rank")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mi-error", action="store_true", help="measure the approximate MI route against the exact one")
     p.add_argument("--checkpoint", type=Path, default=None, help="directory for per-rank checkpoints (and resume)")
     p.add_argument("--stop-after-epoch", type=int, default=None, help="stop early, as if interrupted (to try resume)")
-    return p.parse_args()
+    args = p.parse_args()
+    common.resolve_warmup(p, args, announce=os.environ.get("RANK", "0") == "0")
+    return args
 
 
 def setup() -> tuple[int, int, torch.device]:
@@ -111,6 +120,8 @@ def main() -> None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         start = saved["epoch"] + 1
+        if rank == 0:
+            print(f"resumed from {args.checkpoint} after epoch {saved['epoch']}: continuing at epoch {start}")
 
     if rank == 0:
         backend = dist.get_backend() if dist.is_initialized() else "one process"
@@ -143,9 +154,9 @@ def main() -> None:
                     {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch}, args.checkpoint / "model.pt"
                 )
         if rank == 0:
-            phase = "uniform" if epoch < args.warmup else "selection"
+            phase = "selection" if selector.selecting else "uniform"
             line = f"epoch {epoch:3d} {phase:9s} loss {loss_mean:.4f} test micro-F1 {f1:.4f}"
-            line += f" s_t {selector.pressure(epoch):6.2f}"
+            line += f" s_t {common.pressure_text(selector, epoch):>6s}"
             if err is not None:
                 line += f" | approximate MI: max rel err of c {err['c']:.4f}, TV(P) {err['tv']:.5f}"
             print(f"{line} ({time.perf_counter() - t0:.2f} s)", flush=True)

@@ -290,7 +290,7 @@ def test_table_ranks_and_gain_over_random():
 def test_cli_smoke(tmp_path):
     import ubs_kernels
 
-    selectors = ["random", "ubs", "hard"]
+    selectors = ["random", "ubs", "ubs_noc", "hard"]
     missing = [reproduce.SELECTORS[s][1] for s in selectors if not hasattr(ubs_kernels, reproduce.SELECTORS[s][1])]
     if missing:
         pytest.skip(f"ubs_kernels does not have {missing} yet")
@@ -298,6 +298,7 @@ def test_cli_smoke(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "python/reproduce.py", "--datasets", dataset, "--selectors", *selectors]
     cmd += ["--folds", "2", "--epochs", "3", "--warmup", "1", "--device", "cpu", "--out", str(out), "--no-progress"]
+    cmd += ["--threads", "1"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -313,9 +314,17 @@ def test_cli_smoke(tmp_path):
         hist = list(csv.DictReader(fh))
     assert len(hist) == len(rows) * 3
     assert all(float(h["train_loss"]) > 0 and 0 <= float(h["val_macro_auc"]) <= 1 for h in hist)
+    for h in hist:  # epoch 2 selects (warm-up 1 .. 2): UBS measures how far C moved P
+        measured = h["selector"] in ("ubs", "ubs_noc") and int(h["epoch"]) >= 1
+        assert (h["tv_mi_ones"] != "") == measured, h
+        if measured:
+            assert 0.0 <= float(h["tv_mi_ones"]) <= 1.0 and float(h["c_cv"]) >= 0.0
+        assert (h["pressure"] != "") == (h["selector"] != "random" and int(h["epoch"]) >= 1), h
 
     table = (out / "table.md").read_text()
-    assert "| Dataset | Random | UBS | Hard |" in table and "Avg (Rank)" in table
+    assert "| Dataset | Random | UBS | UBS C=1 | Hard |" in table and "Avg (Rank)" in table
+    assert "### The correlation term: UBS (C = mutual information) against UBS with C = ones, MLP" in table
+    assert "### How much C moves P, MLP" in table
     assert f"| {dataset} | " in table
     png = out / f"convergence_{dataset}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -328,3 +337,67 @@ def test_cli_smoke(tmp_path):
     )
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     assert (out / "table.md").read_text() == table
+
+
+def test_results_of_an_earlier_run_are_never_deleted(tmp_path):
+    """Without --resume a run refuses an --out that holds results; with it, it adds to them."""
+    out = tmp_path / "out"
+    out.mkdir()
+    kept = {f: "0" for f in reproduce.RESULT_FIELDS} | {"dataset": "kept", "model": "mlp", "selector": "random"}
+    old = ",".join(reproduce.RESULT_FIELDS) + "\n" + ",".join(kept[f] for f in reproduce.RESULT_FIELDS) + "\n"
+    (out / "results.csv").write_text(old)
+    cmd = [sys.executable, "python/reproduce.py", "--datasets", "synthetic", "--selectors", "random"]
+    cmd += ["--folds", "2", "--epochs", "2", "--device", "cpu", "--out", str(out), "--no-progress", "--threads", "1"]
+    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 1 and "never deleted" in refused.stderr, refused.stderr
+    assert (out / "results.csv").read_text() == old
+    added = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert added.returncode == 0, added.stderr[-3000:]
+    text = (out / "results.csv").read_text()
+    assert text.startswith(old) and text.count("synthetic,mlp,random,") == 2
+
+
+def test_default_output_is_untracked_and_ignored():
+    args = reproduce.parse_args([])
+    assert Path(args.out) == ROOT / "out" / "reproduce"
+    ignored = subprocess.run(["git", "check-ignore", "-q", args.out], cwd=ROOT, check=False)
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.returncode == 0, f"{args.out} is not git-ignored"
+
+
+def _rows(cells):
+    rows = []
+    for dataset, sel, fold, auc, best, warmup in cells:
+        row = dict.fromkeys(reproduce.RESULT_FIELDS, 0)
+        row.update(dataset=dataset, model="clif", selector=sel, fold=fold, macro_auc=auc, best_epoch=best)
+        row.update(warmup=warmup)
+        rows.append({k: str(v) for k, v in row.items()})
+    return rows
+
+
+def test_table_flags_comparisons_made_in_warm_up_and_prints_the_paper_beside_ours():
+    # scene: every UBS best epoch < warm-up 5 -> no comparison; yeast: UBS and UBS C=1 select.
+    rows = _rows(
+        [
+            ("scene", "random", 0, 0.90, 1, 0),
+            ("scene", "ubs", 0, 0.90, 1, 5),
+            ("scene", "random", 1, 0.91, 3, 0),
+            ("scene", "ubs", 1, 0.91, 4, 5),
+            ("yeast", "random", 0, 0.70, 50, 0),
+            ("yeast", "ubs", 0, 0.72, 60, 5),
+            ("yeast", "ubs_noc", 0, 0.71, 60, 5),
+            ("yeast", "random", 1, 0.70, 50, 0),
+            ("yeast", "ubs", 1, 0.70, 60, 5),
+            ("yeast", "ubs_noc", 1, 0.71, 60, 5),
+        ]
+    )
+    text = reproduce.markdown_tables(rows, ["random", "ubs", "ubs_noc"])
+    assert "scene (CLIF): every best epoch of UBS is a warm-up epoch" in text
+    assert f"| scene | {reproduce.WARMUP_CELL} | – |" in text
+    assert "| yeast | +0.0100 (1/0) | +0.0100 (2/0) |" in text
+    # UBS - UBS C=1 on yeast: +0.01 and -0.01
+    assert "| yeast | +0.0000 (1/1) |" in text
+    # the paper's Table 3 (CLIF) under each dataset's row, with its ranks among its six selectors
+    assert "| ↳ paper | 0.9418 (6) | 0.9476 (1) | – |" in text
+    assert "| ↳ paper | 0.7107 (5) | 0.7222 (1) | – |" in text
