@@ -3,7 +3,7 @@
 Two parts, one CSV (``selector.csv``):
 
 * ``plan``: planning one selection epoch (``ceil(n/b)`` batches of ``b`` distinct samples by
-  successive sampling from P) with :func:`ubs_kernels.sampling.plan_weighted`, against what a
+  successive sampling from P) with :func:`ubs_kernels.ops.plan_weighted`, against what a
   user would otherwise write: ``torch.multinomial(P, b)`` once per batch. That is O(n) per
   batch, so it is timed on a few batches and extrapolated to the epoch (the row says so), and
   it refuses more than 2^24 categories (then only our row exists).
@@ -68,7 +68,7 @@ def bench_plan(n: int, b: int, args, writer: harness.ResultWriter) -> None:
     key = {"device": "cpu", "n": n, "batch": b, "dtype": "plan"}
 
     def ours():
-        return sampling.plan_weighted(log_p, b, batches, sampling.epoch_generator(0, 0))
+        return ubs.plan_weighted(log_p, b, batches, sampling.epoch_generator(0, 0))
 
     rows = ours()
     assert rows.shape == (batches, b) and bool((rows.sort(1).values.diff(1) > 0).all())
@@ -194,7 +194,7 @@ def bench_epoch(scenario: str, n: int, q: int, d: int, b: int, args, writer: har
         (selector_module.ops, "uncertainty", "apply_staged"),  # the record path (CUDA, Triton)
         (selector_module.ops, "label_mi", "label_mi_rowsums"),
         (selector_module.ops, "selection_log_probs", "selection_log_probs"),
-        (selector_module.sampling, "plan_weighted", "plan"),
+        (selector_module.ops, "plan_weighted", "plan"),
     ]
     originals = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in wrapped]
     for mod, attr, name in wrapped:

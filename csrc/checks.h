@@ -8,10 +8,14 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 
 namespace ubs_kernels::checks {
+
+// The largest observation count: one more would wrap the int64 counter.
+constexpr int64_t kMaxSeen = INT64_MAX;
 
 // The shortest text that reads back as `v` (1.0000001 stays 1.0000001, where an ostream's six
 // digits print 1), for messages that quote an offending value.
@@ -86,17 +90,19 @@ inline void state(const at::Tensor& history, const at::Tensor& seen, const at::T
   same_device(history, "history", {u, bins});
 }
 
-// One step's indices (b,) i64, 1-D, and probs (b, q) floating, on the device of `ref`.
+// One step's indices (b,) i64, 1-D, and its values (b, q) float32, float16, bfloat16 or float64
+// (`name`: "probs", or "logits" where the op takes those), on the device of `ref`.
 inline void step(const at::Tensor& indices, const at::Tensor& probs, int64_t q,
-                 const at::Tensor& ref, const char* ref_name) {
+                 const at::Tensor& ref, const char* ref_name, const char* name = "probs") {
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
                    indices.scalar_type());
   TORCH_CHECK_VALUE(indices.dim() == 1, "indices must be 1-D, got shape ", indices.sizes());
   const int64_t b = indices.size(0);
-  TORCH_CHECK_TYPE(at::isFloatingType(probs.scalar_type()), "probs must be a floating tensor, got ",
-                   probs.scalar_type());
-  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(0) == b && probs.size(1) == q,
-                    "probs must have shape (", b, ", ", q, ") (len(indices), num_labels), got ",
+  const at::ScalarType t = probs.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble,
+                   name, " must be float32, float16, bfloat16 or float64, got ", t);
+  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(0) == b && probs.size(1) == q, name,
+                    " must have shape (", b, ", ", q, ") (len(indices), num_labels), got ",
                     probs.sizes());
   same_device(ref, ref_name, {&indices, &probs});
 }

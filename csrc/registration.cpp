@@ -6,6 +6,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+#include "cpu/uncertainty_row.h"
+
 TORCH_LIBRARY(ubs_kernels, m) {
   // One training step (SPEC.md Eq. 1, 4, 5 and the bin): write probs into the history ring
   // of each sample in `indices` at slot seen % T, increment seen, recompute those rows of
@@ -63,6 +67,13 @@ TORCH_LIBRARY(ubs_kernels, m) {
   // log P = -ln(pressure) Q / n - logsumexp. uncertainty (n, q) f32, c (q,) f32, seen (n,)
   // i64, pressure >= 1 -> (n,) f32.
   m.def("selection_log_probs(Tensor uncertainty, Tensor c, Tensor seen, float pressure) -> Tensor");
+}
+
+// The CPU instruction-set path of the uncertainty row kernels now: "avx512", "avx2" or
+// "portable" (csrc/cpu/isa.h). The paths agree to float32 rounding, not bit for bit.
+TORCH_LIBRARY_FRAGMENT(ubs_kernels, m) {
+  m.def("cpu_isa() -> str",
+        [] { return std::string(ubs_kernels::cpu::isa_name(ubs_kernels::cpu::row_isa())); });
 }
 
 // The extension is imported as a Python module only to run the static registrations above;

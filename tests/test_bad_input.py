@@ -44,6 +44,9 @@ OBSERVE_CASES = [
     ("lam", IDX, _probs(), {"lam": 1.5}, ValueError, "lam"),
     ("tau-small", IDX, _probs(), {"tau": 1}, ValueError, "tau"),
     ("tau-large", IDX, _probs(), {"tau": 257}, ValueError, "tau"),
+    ("lam-str", IDX, _probs(), {"lam": "0.5"}, TypeError, "lam"),
+    ("lam-none", IDX, _probs(), {"lam": None}, TypeError, "lam"),
+    ("tau-float", IDX, _probs(), {"tau": 10.0}, TypeError, "tau"),
 ]
 
 
@@ -64,6 +67,9 @@ def test_observe_rejects_and_leaves_state(device, backend, indices, probs, kwarg
 
 
 RECORD_CASES = [c for c in OBSERVE_CASES if not c[3]]  # record has no lam or tau
+# What the raw op cannot be given: its schema converts or refuses Python objects before any
+# kernel runs (a list, a float tensor of indices, a string for a float).
+NOT_FOR_RAW_OPS = ("index-float", "probs-device", "probs-list", "lam-str", "lam-none", "tau-float")
 
 
 @pytest.mark.parametrize(("device", "backend"), device_backends())
@@ -83,8 +89,8 @@ def test_record_rejects_and_leaves_state(device, backend, indices, probs, exc, m
 
 @pytest.mark.parametrize(
     ("indices", "probs", "exc", "match"),
-    [(c[1], c[2], c[4], c[5]) for c in RECORD_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
-    ids=[c[0] for c in RECORD_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
+    [(c[1], c[2], c[4], c[5]) for c in RECORD_CASES if c[0] not in NOT_FOR_RAW_OPS],
+    ids=[c[0] for c in RECORD_CASES if c[0] not in NOT_FOR_RAW_OPS],
 )
 def test_native_record_checks_for_itself(device, indices, probs, exc, match):
     """torch.ops.ubs_kernels.record called directly, without the Python checks."""
@@ -162,8 +168,8 @@ def test_observe_rejects_bad_state(device, backend, which, bad, exc, match):
 
 @pytest.mark.parametrize(
     ("indices", "probs", "kwargs", "exc", "match"),
-    [c[1:] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
-    ids=[c[0] for c in OBSERVE_CASES if c[0] not in ("index-float", "probs-device", "probs-list")],
+    [c[1:] for c in OBSERVE_CASES if c[0] not in NOT_FOR_RAW_OPS],
+    ids=[c[0] for c in OBSERVE_CASES if c[0] not in NOT_FOR_RAW_OPS],
 )
 def test_native_op_checks_for_itself(device, indices, probs, kwargs, exc, match):
     """torch.ops.ubs_kernels.observe called directly, without the Python checks."""
@@ -201,7 +207,8 @@ def test_env_default_backend(monkeypatch):
         (torch.full((4, 3), 10, dtype=torch.uint8), 10, ValueError, r"bins must be in \[0, tau=10\)"),
         (torch.full((4, 3), -1, dtype=torch.int64), 10, ValueError, "bins must be in"),
         (torch.zeros(4, 3, dtype=torch.uint8), 1, ValueError, "tau"),
-        (torch.zeros(4, 3, dtype=torch.uint8), 2.5, ValueError, "tau"),
+        (torch.zeros(4, 3, dtype=torch.uint8), 2.5, TypeError, "tau"),
+        (torch.zeros(4, 3, dtype=torch.uint8), "10", TypeError, "tau"),
         ([[0, 1]], 10, TypeError, "bins must be a torch.Tensor"),
     ],
 )
@@ -215,8 +222,19 @@ def test_label_mi_rejects(device, backend, bins, tau, exc, match):
 @pytest.mark.parametrize(
     ("args", "exc", "match"),
     [
-        ((torch.rand(5, 3), torch.ones(4), torch.ones(5, dtype=torch.long), 10.0), ValueError, "c must be"),
-        ((torch.rand(5, 3), torch.ones(3), torch.ones(5, dtype=torch.int32), 10.0), ValueError, "seen must be"),
+        (
+            (torch.rand(5, 3), torch.ones(4), torch.ones(5, dtype=torch.long), 10.0),
+            ValueError,
+            r"c must have shape \(3,\)",
+        ),
+        (
+            (torch.rand(5, 3), torch.ones(3, dtype=torch.long), torch.ones(5, dtype=torch.long), 10.0),
+            TypeError,
+            "c must be",
+        ),
+        ((torch.rand(5, 3), torch.ones(3), torch.ones(5, dtype=torch.int32), 10.0), TypeError, "seen must be int64"),
+        ((torch.rand(5, 3), torch.ones(3), torch.ones(4, dtype=torch.long), 10.0), ValueError, "seen must have shape"),
+        ((torch.rand(5, 3), torch.ones(3), torch.ones(5, dtype=torch.long), "2"), TypeError, "pressure"),
         ((torch.rand(5, 3), torch.ones(3), torch.ones(5, dtype=torch.long), 0.5), ValueError, "pressure"),
         ((torch.rand(5, 3), torch.ones(3), torch.ones(5, dtype=torch.long), float("nan")), ValueError, "pressure"),
         (

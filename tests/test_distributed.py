@@ -272,7 +272,7 @@ def test_approximate_c_combines_the_ranks_statistics(ranks, world):
         parts = []
         for res in results:
             owned = res["runs"]["approximate"]["owned"]
-            parts.append(distributed.local_mi_statistics(single._bins[owned][single.seen[owned] > 0], 10))
+            parts.append(distributed.local_mi_statistics(single.bins[owned][single.seen[owned] > 0], 10))
         expected = distributed.combine_mi_statistics(sum(parts))
         exact = single.label_correlation_rowsums()
         for res in results:
@@ -342,7 +342,7 @@ def test_bias_corrected_approximation_beats_the_plain_average_on_a_longer_run():
     for epoch in range(4):
         for batch in sel:
             sel.observe(batch, fake_probs(batch, epoch, q))
-    bins = sel._bins
+    bins = sel.bins
     exact = ubs.label_mi(bins, tau, rowsum=True).double()
     for world in (2, 3, 4):
         total = sum(distributed.local_mi_statistics(bins[r::world], tau) for r in range(world))

@@ -7,8 +7,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import require_backend
 from scipy import stats
 
+import ubs_kernels as ubs
 from ubs_kernels import sampling
 
 
@@ -109,23 +111,58 @@ def test_uniform_plan_is_a_permutation():
 def test_native_plan_equals_the_torch_version(log_p, b, batches):
     """The native kernel draws the same random numbers in the same order and keeps the same
     values, so the plans are equal, continued rows included."""
-    if not sampling.native_ops.has_kernel("plan_weighted", "CPU"):
-        pytest.skip("the native extension is not built")
+    require_backend("plan_weighted", "cpu")
     for seed in range(3):
-        ours = sampling.plan_weighted(log_p, b, batches, sampling.epoch_generator(seed, 1), backend="cpu")
-        torch_version = sampling.plan_weighted(log_p, b, batches, sampling.epoch_generator(seed, 1), backend="torch")
+        ours = ubs.plan_weighted(log_p, b, batches, sampling.epoch_generator(seed, 1), backend="cpu")
+        torch_version = ubs.plan_weighted(log_p, b, batches, sampling.epoch_generator(seed, 1), backend="torch")
         assert ours.dtype == torch_version.dtype == torch.int64
         assert torch.equal(ours, torch_version)
 
 
 def test_plan_backend_is_checked():
-    with pytest.raises(ValueError, match="backend"):
-        sampling.plan_weighted(torch.zeros(4), 2, 1, sampling.epoch_generator(0, 0), backend="cuda")
+    with pytest.raises(RuntimeError, match="backend='cuda' cannot run ubs_kernels.plan_weighted"):
+        ubs.plan_weighted(torch.zeros(4), 2, 1, sampling.epoch_generator(0, 0), backend="cuda")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize(
+    ("log_p", "args", "exc", "match"),
+    [
+        (torch.tensor([0.0, float("nan"), 0.0]), (2, 3), ValueError, r"log_p must not be NaN or \+inf, got log_p\[1\]"),
+        (torch.tensor([0.0, float("inf")]), (1, 3), ValueError, "log_p must not be NaN or \\+inf"),
+        (torch.full((4,), -float("inf")), (2, 3), ValueError, "-inf everywhere"),
+        (torch.zeros(4, dtype=torch.int64), (2, 3), TypeError, "log_p must be a floating tensor"),
+        (torch.zeros(2, 2), (2, 3), ValueError, r"log_p must have shape \(n,\)"),
+        (torch.zeros(0), (2, 3), ValueError, "n >= 1"),
+        (torch.zeros(4), (0, 3), ValueError, "batch_size"),
+        (torch.zeros(4), (2, -1), ValueError, "batches"),
+        (torch.zeros(4), (2.0, 3), TypeError, "batch_size"),
+    ],
+)
+def test_bad_plan_input_is_refused(backend, log_p, args, exc, match):
+    """A NaN or +inf log-probability (e.g. from a corrupt comparator state) used to plan an epoch
+    of empty batches without a word."""
+    require_backend("plan_weighted", backend)
+    with pytest.raises(exc, match=match):
+        ubs.plan_weighted(log_p, *args, sampling.epoch_generator(0, 0), backend=backend)
+
+
+@pytest.mark.parametrize(
+    ("log_p", "match"),
+    [
+        (torch.tensor([0.0, float("nan")]), "NaN"),
+        (torch.tensor([0.0, float("inf")]), r"\+inf"),
+        (torch.full((3,), -float("inf")), "-inf"),
+    ],
+)
+def test_native_plan_checks_for_itself(log_p, match):
+    require_backend("plan_weighted", "cpu")
+    with pytest.raises(ValueError, match=match):
+        torch.ops.ubs_kernels.plan_weighted(log_p, 2, 3, sampling.epoch_generator(0, 0))
 
 
 def test_opcheck_native_plan():
-    if not sampling.native_ops.has_kernel("plan_weighted", "CPU"):
-        pytest.skip("the native extension is not built")
+    require_backend("plan_weighted", "cpu")
     log_p = torch.randn(200, generator=torch.Generator().manual_seed(0))
     torch.library.opcheck(
         torch.ops.ubs_kernels.plan_weighted.default,

@@ -11,6 +11,7 @@ from sklearn.metrics import mutual_info_score
 
 import ubs_kernels as ubs
 from ubs_kernels import reference
+from ubs_kernels.history import History
 
 
 def fake_probs(indices: torch.Tensor, epoch: int, q: int) -> torch.Tensor:
@@ -90,11 +91,10 @@ def test_selection_probabilities_match_an_independent_float64_pipeline(correlati
     np.testing.assert_allclose(sel.sample_probabilities.double().numpy(), p, rtol=2e-4, atol=1e-9)
 
 
-def record_each_step(sel) -> None:
-    """Switch a CPU selector to the path it takes on CUDA and under Triton: each step recorded
-    into the rings, U from the whole-matrix pass (instead of staged steps)."""
-    assert sel._staged == 0
-    sel._staging, sel._fast_stage = False, None
+def recording(monkeypatch) -> None:
+    """Selectors made from here on take the path they take on CUDA: each step recorded into the
+    rings, U from the whole-matrix pass (instead of staged steps)."""
+    monkeypatch.setattr(History, "choose", staticmethod(lambda device, backend: "recorded"))
 
 
 # staged: steps staged, applied when U is read; full buffer: a buffer of one batch, applied
@@ -111,13 +111,15 @@ def test_uncertainty_follows_every_observation(mode, monkeypatch):
 
     n, q, window, lam = 60, 9, 3, 0.3
     if mode == "staged-full-buffer":
-        monkeypatch.setattr(ubs.UncertaintyBatchSelector, "_STAGE_BYTES", 1)
-    sel = make(n, q, batch_size=16, window=window, lam=lam, bins=7)
-    assert sel._stage_probs.shape[0] == (16 if mode == "staged-full-buffer" else 64)
+        monkeypatch.setattr(History, "STAGE_BYTES", 1)
     if mode.startswith("recorded"):
-        record_each_step(sel)
+        recording(monkeypatch)
     if mode == "recorded-blocks":
-        sel._REFRESH_BLOCK_BYTES = 5 * q * 7
+        monkeypatch.setattr(History, "REFRESH_BLOCK_BYTES", 5 * q * 7)
+    sel = make(n, q, batch_size=16, window=window, lam=lam, bins=7)
+    expected_rows = {"staged": 64, "staged-full-buffer": 16}.get(mode, 0)
+    assert sel._history.strategy == ("recorded" if mode.startswith("recorded") else "staged")
+    assert sel._history.capacity == expected_rows
     predictions = [[] for _ in range(n)]
     for epoch in range(4):
         for step, b in enumerate(sel):
@@ -136,15 +138,16 @@ def test_uncertainty_follows_every_observation(mode, monkeypatch):
                 for i, preds in enumerate(predictions):
                     expected = numpy_uncertainty(preds, window, lam) if preds else np.zeros(q)
                     np.testing.assert_allclose(u[i].numpy(), expected, rtol=0, atol=2e-6)
-                    assert_bins_match(sel._bins[i], expected, 7)
+                    assert_bins_match(sel.bins[i], expected, 7)
     assert sel.seen.tolist() == [len(p) for p in predictions]
 
 
-def test_staged_and_recorded_paths_give_the_same_run():
+def test_staged_and_recorded_paths_give_the_same_run(monkeypatch):
     """The CPU's staged steps and the per-step ring writes (CUDA, Triton) leave the same bits
     in the state after every epoch, so the same batches are drawn."""
-    a, b = make(), make()
-    record_each_step(b)
+    a = make()
+    recording(monkeypatch)
+    b = make()
     got_a, got_b = [], []
     for epochs in range(1, 6):
         run(a, epochs, 7, got_a)
@@ -156,15 +159,14 @@ def test_staged_and_recorded_paths_give_the_same_run():
 
 
 @pytest.mark.parametrize("path", ["staged-native", "staged-torch", "recorded"])
-def test_observe_logits_is_observe_of_their_sigmoid(path):
+def test_observe_logits_is_observe_of_their_sigmoid(path, monkeypatch):
     """observe(indices, logits=x) records sigmoid(x): the same state as observe(indices,
     torch.sigmoid(x)) (the native kernel's float32 sigmoid may differ in a last bit, which
     float16 rounding absorbs: every value was the same in this run)."""
     kw = {"backend": "torch"} if path == "staged-torch" else {}
-    a, b = make(**kw), make(**kw)
     if path == "recorded":
-        record_each_step(a)
-        record_each_step(b)
+        recording(monkeypatch)
+    a, b = make(**kw), make(**kw)
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
         for ia, ib in zip(a, b, strict=True):
@@ -184,7 +186,7 @@ def test_observe_takes_probs_or_logits_not_both():
         sel.observe(torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="logits must not be NaN"):
         sel.observe(torch.tensor([0, 1]), logits=torch.full((2, 7), float("nan")))
-    assert sel._staged == 0
+    assert sel._history.pending == 0
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
@@ -268,17 +270,17 @@ def test_bad_observation_raises_and_changes_nothing(indices, probs, error, devic
     for s in (sel, untouched):
         run(s, 1, 7)
         s.observe(torch.tensor([3, 4]), torch.full((2, 7), 0.25))  # a step left staged (CPU)
-    staged = sel._staged
+    staged = sel._history.pending
     with pytest.raises(error):
         sel.observe(indices.to(device), probs.to(device))
-    assert sel._staged == staged  # the bad call staged nothing
+    assert sel._history.pending == staged  # the bad call staged nothing
     after, expected = sel.state_dict()["state"], untouched.state_dict()["state"]
     assert all(torch.equal(after[k], expected[k]) for k in expected)
 
 
 def test_memory_bytes_formula_and_refusal_before_allocating():
     sel = make(n=300, q=7, window=5)
-    held = [*sel._state().values(), sel._stage_indices, sel._stage_probs]
+    held = [*sel._state().values(), sel._history._stage_indices, sel._history._stage_values]
     state = sum(t.numel() * t.element_size() for t in held)
     # Staging buffer (CPU): one epoch of steps, ceil(300 / 32) * 32 = 320 rows of q h + 8 bytes.
     staging = 320 * (7 * 2 + 8)
@@ -288,23 +290,34 @@ def test_memory_bytes_formula_and_refusal_before_allocating():
     )
     # At most 64 MiB of staging: q = 4000 float16 rows are 8008 bytes, so 8380 of them.
     big = ubs.UncertaintyBatchSelector(10_000, 4000, batch_size=128, window=1)
-    assert big._stage_probs.shape == (8380, 4000) and (64 << 20) // 8008 == 8380
+    assert big._history._stage_values.shape == (8380, 4000) and (64 << 20) // 8008 == 8380
     with pytest.raises(MemoryError, match="num_samples=10000000000"):
         ubs.UncertaintyBatchSelector(10**10, 1000)
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "name"),
+    ("kwargs", "exc", "name"),
     [
-        ({"batch_size": 0}, "batch_size"),
-        ({"window": 0}, "window"),
-        ({"bins": 1}, "tau"),
-        ({"s0": 0.5}, "pressure"),
-        ({"label_correlation": "none"}, "label_correlation"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"batch_size": 32.0}, TypeError, "batch_size"),
+        ({"window": 0}, ValueError, "window"),
+        ({"bins": 1}, ValueError, "bins"),
+        ({"bins": "10"}, TypeError, "bins"),
+        ({"s0": 0.5}, ValueError, "s0"),
+        ({"s0": "2"}, TypeError, "s0"),
+        ({"lam": "0.5"}, TypeError, "lam"),
+        ({"lam": None}, TypeError, "lam"),
+        ({"lam": float("nan")}, ValueError, "lam"),
+        ({"seed": 1.5}, TypeError, "seed"),
+        ({"warmup": True}, TypeError, "warmup"),
+        ({"label_correlation": "none"}, ValueError, "label_correlation"),
+        ({"device": "meta"}, ValueError, "device"),
+        ({"device": "tpu:0"}, ValueError, "device"),
+        ({"device": 1.0}, TypeError, "device"),
     ],
 )
-def test_bad_construction_names_the_argument(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+def test_bad_construction_names_the_argument(kwargs, exc, name):
+    with pytest.raises(exc, match=name):
         make(**kwargs)
 
 
@@ -359,6 +372,6 @@ def test_reference_mi_rowsums_agree_with_sklearn_on_selector_bins():
     sel = make(n=150, q=4)
     run(sel, 3, 4)
     c = sel.label_correlation_rowsums().double()
-    bins = sel._bins.long()
+    bins = sel.bins.long()
     expected = reference.label_mi(bins, 10, rowsum=True)
     torch.testing.assert_close(c, expected, rtol=1e-5, atol=1e-6)

@@ -337,7 +337,7 @@ def test_package_imports_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None\n"
         "import ubs_kernels, ubs_kernels.triton as t\n"
-        "assert t.ERROR and 'triton' in t.ERROR.lower() and t.OPS == (), t.ERROR\n"
+        "assert t.ERROR and 'triton' in t.ERROR.lower(), t.ERROR\n"
         "assert not t.available('label_mi', 'cuda')\n"
         "assert 'triton' not in ubs_kernels.available_backends('label_mi', 'cpu')\n"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._native import native_ops
+from .batch_selector import BatchSelector, IndexedDataset
 from .comparators import (
     ActiveBiasSelector,
     BalanceSelector,
@@ -19,10 +20,12 @@ from .comparators import (
     RecencyBiasSelector,
 )
 from .ops import (
+    OPS,
     available_backends,
     label_mi,
     observe,
     observe_staged,
+    plan_weighted,
     record,
     resolve_backend,
     selection_log_probs,
@@ -30,11 +33,9 @@ from .ops import (
     stage,
     uncertainty,
 )
-from .selector import BatchSelector, IndexedDataset, UncertaintyBatchSelector
+from .selector import UncertaintyBatchSelector
 
 __version__ = "0.1.0"
-
-OPS = ("observe", "record", "stage", "observe_staged", "uncertainty", "label_mi", "selection_log_probs")
 
 __all__ = [
     "OPS",
@@ -51,6 +52,7 @@ __all__ = [
     "label_mi",
     "observe",
     "observe_staged",
+    "plan_weighted",
     "record",
     "resolve_backend",
     "selection_log_probs",

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import ops, sampling
-from .selector import BatchSelector, _positive_int
+from . import _checks, ops, sampling
+from .batch_selector import BatchSelector
 
 
 def _as_labels(labels, name: str = "labels") -> torch.Tensor:
@@ -98,14 +98,15 @@ class _ScoredSelector(BatchSelector):
 
     def __init__(self, num_samples, num_labels, batch_size, epochs, s0, warmup, seed, device, drop_last):
         super().__init__(num_samples, batch_size, epochs, seed, device, drop_last)
-        self.num_labels = _positive_int("num_labels", num_labels)
-        self.s0 = float(s0)
-        if not self.s0 >= 1.0:
-            raise ValueError(f"s0 must be >= 1, got {s0!r}")
-        self.warmup = _positive_int("warmup", warmup, minimum=0)
+        self.num_labels = _checks.check_int("num_labels", num_labels, minimum=1)
+        self.s0 = _checks.check_pressure(s0, "s0")
+        self.warmup = _checks.check_int("warmup", warmup, minimum=0)
 
     def pressure(self, epoch: int) -> float:
         return ops.selection_pressure(epoch, self.s0, self.warmup, self.epochs)
+
+    def _config(self) -> dict:
+        return super()._config() | {"num_labels": self.num_labels, "s0": self.s0, "warmup": self.warmup}
 
     def score(self) -> torch.Tensor:
         """``(n,)`` per-sample score; higher is drawn more often."""
@@ -158,6 +159,7 @@ class ActiveBiasSelector(_ScoredSelector):
 
     def observe(self, indices, probs=None, *, logits=None) -> None:
         indices, probs = self._checked_observation(indices, probs, logits)
+        _checks.check_seen_at(self.seen, indices, self.num_local)
         x = probs.to(torch.float32)
         count = (self.seen[indices] + 1).to(torch.float32).unsqueeze(1)
         mean = self._mean[indices]
@@ -183,8 +185,16 @@ class ActiveBiasSelector(_ScoredSelector):
         eps = self.epsilon if self.epsilon is not None else float(s[observed].mean()) if bool(observed.any()) else 1.0
         return torch.log(s + max(eps, 1e-12))
 
+    def _config(self) -> dict:
+        return super()._config() | {"epsilon": self.epsilon}
+
     def _state(self) -> dict:
         return {"seen": self.seen, "mean": self._mean, "m2": self._m2}
+
+    def _check_state_values(self, state: dict) -> None:
+        super()._check_state_values(state)
+        _checks.check_saved_values("mean", state["mean"], 0.0, 1.0)  # a mean of probabilities
+        _checks.check_saved_values("m2", state["m2"], 0.0, torch.finfo(torch.float32).max)
 
 
 class RecencyBiasSelector(_ScoredSelector):
@@ -211,7 +221,7 @@ class RecencyBiasSelector(_ScoredSelector):
         drop_last: bool = False,
     ) -> None:
         super().__init__(num_samples, num_labels, batch_size, epochs, s0, warmup, seed, device, drop_last)
-        self.window = _positive_int("window", window)
+        self.window = _checks.check_int("window", window, minimum=1)
         n, q, d = self.num_samples, self.num_labels, self.device
         self.seen = torch.zeros(n, dtype=torch.int64, device=d)
         self._ring = torch.zeros((n, self.window, q), dtype=torch.bool, device=d)
@@ -221,6 +231,7 @@ class RecencyBiasSelector(_ScoredSelector):
 
     def observe(self, indices, probs=None, *, logits=None) -> None:
         indices, probs = self._checked_observation(indices, probs, logits)
+        _checks.check_seen_at(self.seen, indices, self.num_local)
         slot = self.seen[indices] % self.window
         self._ring[indices, slot] = probs >= 0.5
         self.seen[indices] += 1
@@ -231,8 +242,20 @@ class RecencyBiasSelector(_ScoredSelector):
         ent = -(torch.special.xlogy(f, f) + torch.special.xlogy(1 - f, 1 - f)) / np.log(2.0)
         return ent.sum(1)
 
+    def _config(self) -> dict:
+        return super()._config() | {"window": self.window}
+
     def _state(self) -> dict:
         return {"seen": self.seen, "ring": self._ring}
+
+    def _check_state_values(self, state: dict) -> None:
+        super()._check_state_values(state)
+        # Slots a sample has not filled yet (seen < T) hold no prediction.
+        unfilled = torch.arange(self.window, device=self.device)[None, :] >= state["seen"][:, None]
+        bad = unfilled[:, :, None] & state["ring"]
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"state_dict['state']['ring'] of sample {i} holds more predictions than seen[{i}]")
 
 
 class HardImbalanceSelector(_ScoredSelector):
@@ -280,9 +303,9 @@ class HardImbalanceSelector(_ScoredSelector):
         y = _as_labels(labels)
         n, q = y.shape
         super().__init__(n, q, batch_size, epochs, s0, warmup, seed, device, drop_last)
-        self.neighbours = _positive_int("neighbours", neighbours)
+        self.neighbours = _checks.check_int("neighbours", neighbours, minimum=1)
         self.chain = bool(chain)
-        self.chain_labels = _positive_int("chain_labels", chain_labels)
+        self.chain_labels = _checks.check_int("chain_labels", chain_labels, minimum=1)
         self.chain_boost = float(chain_boost)
         positives = y.sum(0).to(torch.float32)
         self.imbalance_ratio = positives.max() / positives.clamp(min=1)
@@ -320,6 +343,7 @@ class HardImbalanceSelector(_ScoredSelector):
 
     def observe(self, indices, probs=None, *, logits=None) -> None:
         indices, probs = self._checked_observation(indices, probs, logits)
+        _checks.check_seen_at(self.seen, indices, self.num_local)
         p = probs.to(torch.float32).clamp(1e-7, 1 - 1e-7)
         y = self._labels[indices]
         bce = -torch.where(y, torch.log(p), torch.log1p(-p))
@@ -340,7 +364,7 @@ class HardImbalanceSelector(_ScoredSelector):
         b = min(self.batch_size, self.num_samples)
         rows = []
         for _ in range(len(self)):
-            seed_sample = int(sampling.plan_weighted(log_p, 1, 1, g)[0, 0])  # no 2^24-category limit
+            seed_sample = int(ops.plan_weighted(log_p, 1, 1, g)[0, 0])  # no 2^24-category limit
             related = torch.topk(self._label_corr[rarest[seed_sample]], min(self.chain_labels, self.num_labels)).indices
             boost = labels[:, related].any(1).double() * self.chain_boost
             gumbel = -torch.log(-torch.log(torch.rand(self.num_samples, generator=g, dtype=torch.float64)))
@@ -352,5 +376,13 @@ class HardImbalanceSelector(_ScoredSelector):
         self._log_p = log_p.float()
         self._plan, self._offsets, self._cursor = order, torch.arange(len(rows) + 1) * b, 0
 
+    def _config(self) -> dict:
+        chain = {"chain": self.chain, "chain_labels": self.chain_labels, "chain_boost": self.chain_boost}
+        return super()._config() | {"neighbours": self.neighbours} | chain
+
     def _state(self) -> dict:
         return {"seen": self.seen, "loss": self._loss}
+
+    def _check_state_values(self, state: dict) -> None:
+        super()._check_state_values(state)
+        _checks.check_saved_values("loss", state["loss"], 0.0, torch.finfo(torch.float32).max)

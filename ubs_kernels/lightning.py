@@ -31,7 +31,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from .selector import BatchSelector
+from .batch_selector import BatchSelector
 
 
 class UBSCallback(pl.Callback):

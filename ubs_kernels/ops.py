@@ -17,6 +17,7 @@ Ops (equation numbers of Zhou et al., AAAI 2025):
 * :func:`uncertainty` - Eq. 5 and the bins for all n rows from the history.
 * :func:`label_mi` - Eq. 6 for every label pair (or its row sums).
 * :func:`selection_log_probs` - Eq. 7-10 fused: ``log P`` of every sample.
+* :func:`plan_weighted` - one selection epoch's batches, successive sampling from P (CPU).
 * :func:`selection_pressure` - Eq. 11 (a scalar schedule, no backend).
 """
 
@@ -27,19 +28,26 @@ import os
 
 import torch
 
-from . import _checks, reference
+from . import _checks, reference, sampling
 from ._native import native_ops
 
 BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
 NATIVE_BACKENDS = ("cpu", "cuda")  # the C++/CUDA kernels: they check their arguments themselves
 
-# Ops whose native kernels are registered under ubs_kernels::<name>; dispatch asks the
-# dispatcher whether this build has a kernel for the device at hand. The Triton kernels are
-# registered as ubs_kernels::<name>_triton by ubs_kernels.triton (torch.library.triton_op).
-_NATIVE_NAMES = {
-    op: op for op in ("observe", "record", "stage", "observe_staged", "uncertainty", "label_mi", "selection_log_probs")
-}
-_NATIVE_NAMES["plan_weighted"] = "plan_weighted"  # the epoch plan (ubs_kernels.sampling), CPU only
+# The ops, each with a torch reference, a native kernel registered as ubs_kernels::<op> per
+# device where this build has one (csrc/registration.cpp holds the schemas), and a Triton
+# kernel as ubs_kernels::<op>_triton where ubs_kernels.triton registered one. Dispatch asks
+# the dispatcher which of them this build has for the device at hand.
+OPS = (
+    "observe",
+    "record",
+    "stage",
+    "observe_staged",
+    "uncertainty",
+    "label_mi",
+    "selection_log_probs",
+    "plan_weighted",
+)
 
 selection_pressure = reference.selection_pressure
 
@@ -64,19 +72,16 @@ def _available_backends(op: str, device_type: str, interpret: str | None) -> tup
     device = torch.device(device_type)
     found = []
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    native = key is not None and op in _NATIVE_NAMES and native_ops.has_kernel(_NATIVE_NAMES[op], key)
-    triton = _triton_available(op, device)
-    # Order is the "auto" preference. On CUDA it is set by measurement (bench/RESULTS.md).
-    if native:
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    # Order is the "auto" preference: native, then Triton, then the reference. On CUDA the
+    # native kernels stay first until the GPU benchmarks say otherwise (bench/RESULTS.md).
+    if key is not None and native_ops.has_kernel(op, key):
         found.append(device.type)
-    if triton:
-        found.insert(0 if device.type == "cuda" and op in _TRITON_FIRST_ON_CUDA else len(found), "triton")
+    if _triton_available(op, device):
+        found.append("triton")
     found.append("torch")
     return tuple(found)
-
-
-# Ops for which the Triton kernel beats the CUDA C++ one on the H200 (bench/RESULTS.md).
-_TRITON_FIRST_ON_CUDA: frozenset[str] = frozenset()
 
 
 def _triton_available(op: str, device: torch.device) -> bool:
@@ -92,7 +97,7 @@ def _triton_available(op: str, device: torch.device) -> bool:
 
 def _call(op: str, backend: str, *args):
     """Run the registered kernel of ``op`` for a non-torch ``backend``."""
-    name = f"{op}_triton" if backend == "triton" else _NATIVE_NAMES[op]
+    name = f"{op}_triton" if backend == "triton" else op
     return getattr(torch.ops.ubs_kernels, name)(*args)
 
 
@@ -362,24 +367,79 @@ def selection_log_probs(
         return reference.selection_log_probs(uncertainty, c, seen, pressure).to(torch.float32)
 
 
+def plan_weighted(
+    log_p: torch.Tensor, batch_size: int, batches: int, generator: torch.Generator, backend: str | None = None
+) -> torch.Tensor:
+    """One selection epoch: ``batches`` independent batches of ``min(batch_size, support)``
+    distinct samples, each drawn by successive sampling from ``P = softmax(log_p)``
+    (:mod:`ubs_kernels.sampling` explains the algorithm; the law of
+    ``numpy.random.Generator.choice(n, b, replace=False, p=P)`` per batch).
+
+    Args:
+        log_p: ``(n,)`` floating log-probabilities on any device: no NaN or ``+inf``, at least
+            one finite (``-inf``: never drawn). The plan is made on the CPU.
+        batch_size: b >= 1.
+        batches: number of batches >= 0.
+        generator: a CPU ``torch.Generator`` (:func:`ubs_kernels.sampling.epoch_generator`).
+        backend: ``"cpu"`` (the native kernel) or ``"torch"`` (:func:`ubs_kernels.sampling.plan_weighted`):
+            the same plan from the same random numbers.
+
+    Returns a CPU ``(batches, min(batch_size, support))`` int64 tensor, row r the samples of
+    batch r in the order drawn.
+    """
+    log_p = _checks.check_log_p(log_p).detach().to("cpu")
+    batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
+    batches = _checks.check_int("batches", batches, minimum=0)
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise TypeError(f"generator must be a CPU torch.Generator, got {generator!r}")
+    chosen = resolve_backend("plan_weighted", "cpu", backend)
+    if chosen == "torch":
+        return sampling.plan_weighted(log_p, batch_size, batches, generator)
+    return _call("plan_weighted", chosen, log_p, batch_size, batches, generator)
+
+
+def cpu_isa() -> str:
+    """The instruction-set path of the native CPU uncertainty rows now (``"avx512"``, ``"avx2"``,
+    ``"portable"``; ``UBS_CPU_ISA`` caps it), or ``"torch"`` without the native extension. U
+    computed on different paths agrees to float32 rounding, not bit for bit."""
+    return torch.ops.ubs_kernels.cpu_isa() if native_ops.loaded else "torch"
+
+
+def _fake_same_device(**tensors) -> None:
+    """The device check of the native kernels, in their fake kernels: a call that mixes a
+    ``meta`` tensor with real ones dispatches to the fake kernel, which must refuse it as the
+    real one would (under torch.compile every tensor reports the same fake device)."""
+    (first, ref), *rest = tensors.items()
+    for name, t in rest:
+        if t.device != ref.device:
+            raise ValueError(f"all tensors must be on the device of {first} ({ref.device}), got {name} on {t.device}")
+
+
 # Fake (meta) kernels of the native ops, for torch.compile and opcheck.
 if native_ops.loaded:
 
     @torch.library.register_fake("ubs_kernels::observe")
     def _observe_fake(history, seen, uncertainty, bins, indices, probs, lam, tau):
-        return None
+        _fake_same_device(history=history, seen=seen, uncertainty=uncertainty, bins=bins, indices=indices, probs=probs)
 
     @torch.library.register_fake("ubs_kernels::record")
     def _record_fake(history, seen, indices, probs):
-        return None
+        _fake_same_device(history=history, seen=seen, indices=indices, probs=probs)
 
     @torch.library.register_fake("ubs_kernels::stage")
     def _stage_fake(staged_indices, staged_probs, offset, indices, probs, num_samples, logits=False):
-        return None
+        _fake_same_device(staged_probs=staged_probs, staged_indices=staged_indices, indices=indices, probs=probs)
 
     @torch.library.register_fake("ubs_kernels::observe_staged")
     def _observe_staged_fake(history, seen, uncertainty, bins, staged_indices, staged_probs, lam, tau):
-        return None
+        _fake_same_device(
+            history=history,
+            seen=seen,
+            uncertainty=uncertainty,
+            bins=bins,
+            staged_indices=staged_indices,
+            staged_probs=staged_probs,
+        )
 
     @torch.library.register_fake("ubs_kernels::plan_weighted")
     def _plan_weighted_fake(log_p, batch_size, batches, generator=None):
@@ -393,9 +453,11 @@ if native_ops.loaded:
 
     @torch.library.register_fake("ubs_kernels::uncertainty")
     def _uncertainty_fake(history, seen, lam, tau):
+        _fake_same_device(history=history, seen=seen)
         n, _, q = history.shape
         return history.new_empty((n, q), dtype=torch.float32), history.new_empty((n, q), dtype=torch.uint8)
 
     @torch.library.register_fake("ubs_kernels::selection_log_probs")
     def _selection_log_probs_fake(uncertainty, c, seen, pressure):
+        _fake_same_device(uncertainty=uncertainty, c=c, seen=seen)
         return uncertainty.new_empty((uncertainty.shape[0],), dtype=torch.float32)

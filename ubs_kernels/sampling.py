@@ -24,8 +24,6 @@ import math
 import numpy as np
 import torch
 
-from ._native import native_ops
-
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     """A CPU generator that depends only on ``(seed, epoch, rank)``.
@@ -80,32 +78,22 @@ def _stream_draws(cdf: torch.Tensor, shape: tuple[int, ...], generator: torch.Ge
     return torch.searchsorted(cdf, uniforms, out_int32=True).clamp_(max=cdf.numel() - 1)
 
 
-def plan_weighted(
-    log_p: torch.Tensor, batch_size: int, batches: int, generator: torch.Generator, backend: str | None = None
-) -> torch.Tensor:
-    """``batches`` independent batches of distinct samples, successive sampling from ``exp(log_p)``.
+def plan_weighted(log_p: torch.Tensor, batch_size: int, batches: int, generator: torch.Generator) -> torch.Tensor:
+    """``batches`` independent batches of distinct samples, successive sampling from ``exp(log_p)``:
+    the plain-PyTorch version of :func:`ubs_kernels.ops.plan_weighted` (which checks the
+    arguments and picks the native kernel when it is built; the same result from the same
+    random numbers).
 
     Args:
-        log_p: ``(n,)`` log-probabilities (any device; normalisation not required).
+        log_p: ``(n,)`` log-probabilities, no NaN or +inf, at least one finite (normalisation
+            not required; ``-inf`` is probability 0).
         batch_size: samples per batch; capped at the number of samples with ``P > 0``.
         batches: number of batches.
         generator: CPU generator (see :func:`epoch_generator`).
-        backend: ``None``/``"auto"`` or ``"cpu"``: the native kernel when it is built
-            (``ubs_kernels::plan_weighted``, the same result from the same random numbers, a few
-            times faster at small n); ``"torch"``: this module's plain-PyTorch version. The plan
-            is made on the CPU whatever the device of ``log_p``.
 
     Returns a CPU ``(batches, min(batch_size, support))`` int64 tensor; row r lists batch r's
     samples in the order they were drawn.
     """
-    if backend not in (None, "auto", "cpu", "torch"):
-        raise ValueError(f"backend must be None, 'auto', 'cpu' or 'torch' for the epoch plan, got {backend!r}")
-    if backend != "torch" and native_ops.has_kernel("plan_weighted", "CPU"):
-        return torch.ops.ubs_kernels.plan_weighted(log_p.detach().to("cpu"), batch_size, batches, generator)
-    if backend == "cpu":
-        raise RuntimeError(
-            "backend='cpu' cannot plan: the native extension is not built (see ubs_kernels.build_info())"
-        )
     weights = torch.exp(log_p.detach().to("cpu", torch.float64) - log_p.max().item())
     support = int((weights > 0).sum())
     b = min(batch_size, support)

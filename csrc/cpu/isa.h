@@ -16,6 +16,19 @@ namespace ubs_kernels::cpu {
 // Ordered: a cap allows its level and every level below it.
 enum class Isa { kPortable = 0, kPopcnt = 1, kAvx2 = 2, kAvx512 = 3 };
 
+inline const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kPopcnt:
+      return "popcnt";
+    default:
+      return "portable";
+  }
+}
+
 // Read on every call (cheap), so a test can change the variable between calls.
 inline Isa isa_cap() {
   const char* env = std::getenv("UBS_CPU_ISA");

@@ -24,8 +24,8 @@ namespace ubs_kernels::cpu::observe_checks {
 // too), a smaller one by sorting.
 inline std::vector<int64_t> check_batch(const at::Tensor& indices, const at::Tensor& probs,
                                         int64_t n, int64_t q, const at::Tensor& ref,
-                                        const char* ref_name) {
-  checks::step(indices, probs, q, ref, ref_name);
+                                        const char* ref_name, const char* name = "probs") {
+  checks::step(indices, probs, q, ref, ref_name, name);
   const int64_t b = indices.size(0);
   if (b == 0) return {};
   const at::Tensor idx_t = indices.contiguous();
@@ -57,15 +57,23 @@ inline std::vector<int64_t> check_batch(const at::Tensor& indices, const at::Ten
   return order;
 }
 
-// seen >= 0 at every index in `rows`: a negative count would address a slot outside the
-// sample's ring.
-template <typename Rows>
-inline void check_seen_at(const int64_t* seen, const Rows& rows) {
+// seen >= 0 at every index in `rows` (a negative count would address a slot outside the
+// sample's ring), with room for `adds(k)` more observations of rows[k] (int64 must not wrap).
+template <typename Rows, typename Adds>
+inline void check_seen_at(const int64_t* seen, const Rows& rows, Adds adds) {
+  int64_t k = 0;
   for (int64_t i : rows) {
     TORCH_CHECK_VALUE(seen[i] >= 0,
                       "seen must be >= 0 (observation counts) at every index observed, got seen[",
                       i, "] = ", seen[i]);
+    TORCH_CHECK_VALUE(seen[i] <= checks::kMaxSeen - adds(k++), "seen[", i, "] = ", seen[i],
+                      " has no room for another observation (counts stop at 2^63 - 1)");
   }
+}
+
+template <typename Rows>
+inline void check_seen_at(const int64_t* seen, const Rows& rows) {
+  check_seen_at(seen, rows, [](int64_t) { return int64_t{1}; });
 }
 
 // Every value of the (rows, q) tensor finite and in [0, 1] (NaN fails both comparisons). A

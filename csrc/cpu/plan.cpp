@@ -12,8 +12,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <vector>
+
+#include "checks.h"
 
 namespace ubs_kernels::cpu {
 namespace {
@@ -33,8 +36,17 @@ at::Tensor plan_weighted_cpu(const at::Tensor& log_p_in, int64_t batch_size, int
   TORCH_CHECK_VALUE(batches >= 0, "batches must be >= 0, got ", batches);
   const at::Tensor log_p = log_p_in.detach();
   const auto f64 = log_p.options().dtype(at::kDouble);
+  // A NaN or +inf would plan empty batches, all -inf nothing: refused, naming the first.
+  const at::Tensor bad = at::isnan(log_p).logical_or_(at::isposinf(log_p));
+  if (bad.any().item<bool>()) {
+    const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+    TORCH_CHECK_VALUE(false, "log_p must not be NaN or +inf, got log_p[", i,
+                      "] = ", checks::value(log_p[i].item<double>()));
+  }
   // weights = exp(log_p - max), support, b, the CDF and the collision term, as sampling.py.
   const double top = log_p.max().item<double>();
+  TORCH_CHECK_VALUE(top > -std::numeric_limits<double>::infinity(),
+                    "log_p must give some sample a probability > 0, got -inf everywhere");
   const at::Tensor weights = at::exp(log_p.to(at::kDouble) - top);
   const int64_t support = (weights > 0).sum().item<int64_t>();
   const int64_t b = std::min(batch_size, support);

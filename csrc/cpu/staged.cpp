@@ -93,7 +93,8 @@ void stage_cpu(at::Tensor staged_indices, at::Tensor staged_probs, int64_t offse
                     "staged_indices and staged_probs must be contiguous (written in place)");
   checks::same_device(staged_probs, "staged_probs", {&staged_indices});
   TORCH_CHECK_VALUE(num_samples >= 1, "num_samples must be >= 1, got ", num_samples);
-  observe_checks::check_batch(indices, probs, num_samples, q, staged_probs, "staged_probs");
+  observe_checks::check_batch(indices, probs, num_samples, q, staged_probs, "staged_probs",
+                              logits ? "logits" : "probs");
   const int64_t b = indices.size(0);
   TORCH_CHECK_VALUE(offset >= 0 && offset <= capacity - b, "offset must be in [0, ", capacity - b,
                     "] (capacity ", capacity, " minus the ", b, " rows of this call), got ",
@@ -227,7 +228,8 @@ void observe_staged_cpu(at::Tensor history, at::Tensor seen, at::Tensor uncertai
                     *lo, ", ", *hi, "]");
   const Groups g = group_rows(idx, m, n);
   int64_t* cnt = seen.data_ptr<int64_t>();
-  observe_checks::check_seen_at(cnt, g.touched);
+  observe_checks::check_seen_at(cnt, g.touched,
+                                [&](int64_t k) { return g.first[k + 1] - g.first[k]; });
   const at::Tensor sp = staged_probs.contiguous();
   if (!staged_values_ok(sp)) observe_checks::check_probs_values(sp, "staged_probs", 0);
   if (history.scalar_type() == at::kHalf) {

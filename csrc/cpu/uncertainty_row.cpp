@@ -446,17 +446,27 @@ constexpr void (*store_fn())(const float*, H*, int64_t) {
 
 }  // namespace
 
-template <typename H>
-RowKernels<H> row_kernels() {
-  const Isa cap = isa_cap();
+Isa row_isa() {
+  [[maybe_unused]] const Isa cap = isa_cap();
 #ifdef UBS_X86
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                     __builtin_cpu_supports("f16c");
-  if (cap >= Isa::kAvx512 && avx2 && __builtin_cpu_supports("avx512f")) {
-    return {&row_avx512<H>, store_fn<Avx512, H>(), &store_sigmoid_avx512<H>};
-  }
-  if (cap >= Isa::kAvx2 && avx2) {
-    return {&row_avx2<H>, store_fn<Avx2, H>(), &store_sigmoid_avx2<H>};
+  if (cap >= Isa::kAvx512 && avx2 && __builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  if (cap >= Isa::kAvx2 && avx2) return Isa::kAvx2;
+#endif
+  return Isa::kPortable;
+}
+
+template <typename H>
+RowKernels<H> row_kernels() {
+#ifdef UBS_X86
+  switch (row_isa()) {
+    case Isa::kAvx512:
+      return {&row_avx512<H>, store_fn<Avx512, H>(), &store_sigmoid_avx512<H>};
+    case Isa::kAvx2:
+      return {&row_avx2<H>, store_fn<Avx2, H>(), &store_sigmoid_avx2<H>};
+    default:
+      break;
   }
 #endif
   return {&row_portable<H>, store_fn<Portable, H>(), &store_sigmoid_portable<H>};

@@ -9,6 +9,8 @@
 
 #include <c10/util/Half.h>
 
+#include "isa.h"
+
 #include <cstdint>
 
 namespace ubs_kernels::cpu {
@@ -65,5 +67,9 @@ struct RowKernels {
 // The fastest path this CPU runs, capped by UBS_CPU_ISA.
 template <typename H>
 RowKernels<H> row_kernels();
+
+// The instruction-set path row_kernels() takes now (UBS_CPU_ISA and the CPU): the paths
+// agree to float32 rounding, not bit for bit, so a checkpoint records which one made its U.
+Isa row_isa();
 
 }  // namespace ubs_kernels::cpu

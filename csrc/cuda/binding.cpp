@@ -94,9 +94,16 @@ void observe_or_record(at::Tensor& history, at::Tensor& seen, at::Tensor* uncert
     const at::Tensor counts = seen.index_select(0, idx).cpu();
     const at::Tensor ids = idx.cpu();
     int64_t r = 0;
-    while (r + 1 < b && counts[r].item<int64_t>() >= 0) ++r;
-    TORCH_CHECK_VALUE(false, "seen must be >= 0 (observation counts) at every index observed, ",
-                      "got seen[", ids[r].item<int64_t>(), "] = ", counts[r].item<int64_t>());
+    auto bad = [&](int64_t k) {
+      const int64_t c = counts[k].item<int64_t>();
+      return c < 0 || c == checks::kMaxSeen;
+    };
+    while (r + 1 < b && !bad(r)) ++r;
+    const int64_t i = ids[r].item<int64_t>(), c = counts[r].item<int64_t>();
+    TORCH_CHECK_VALUE(c >= 0, "seen must be >= 0 (observation counts) at every index observed, ",
+                      "got seen[", i, "] = ", c);
+    TORCH_CHECK_VALUE(false, "seen[", i, "] = ", c,
+                      " has no room for another observation (counts stop at 2^63 - 1)");
   }
   if (flags & kObserveBadProb) {
     const int64_t e = verdict[1].item<int64_t>();

@@ -21,7 +21,7 @@ enum class Dtype : int { kFloat16, kBFloat16, kFloat32, kFloat64 };
 constexpr int64_t kObserveBadIndex = 1;   // an index outside [0, n)
 constexpr int64_t kObserveDuplicate = 2;  // an index twice in one call
 constexpr int64_t kObserveBadProb = 4;    // a probability NaN, Inf or outside [0, 1]
-constexpr int64_t kObserveBadSeen = 8;    // seen < 0 for an observed sample (a corrupt state)
+constexpr int64_t kObserveBadSeen = 8;    // seen < 0 or at 2^63 - 1 for an observed sample
 
 struct ObserveArgs {
   void* history;  // (n, T, q) float16 or float32

@@ -19,8 +19,9 @@ constexpr int kValidateThreads = 256;
 constexpr int kValidateMaxBlocks = 1024;
 
 // Probabilities finite and in [0, 1] (NaN fails both comparisons; the comparison is in float64
-// so a float64 1 + 1e-12 is caught); indices in [0, n) with seen >= 0 (a negative count would
-// address a slot outside the ring). owner[i] = the last row that named i.
+// so a float64 1 + 1e-12 is caught); indices in [0, n) with 0 <= seen < 2^63 - 1 (a negative
+// count would address a slot outside the ring; the largest cannot grow). owner[i] = the last
+// row that named i.
 template <typename P>
 __global__ void observe_validate_kernel(const int64_t* indices, const P* probs, const int64_t* seen,
                                         int64_t b, int64_t q, int64_t n, int32_t* owner,
@@ -41,7 +42,7 @@ __global__ void observe_validate_kernel(const int64_t* indices, const P* probs, 
       flags |= kObserveBadIndex;
     } else {
       owner[i] = static_cast<int32_t>(r);
-      if (seen[i] < 0) flags |= kObserveBadSeen;
+      if (seen[i] < 0 || seen[i] == LLONG_MAX) flags |= kObserveBadSeen;
     }
   }
   if (flags != 0) atomicOr(&status[0], flags);

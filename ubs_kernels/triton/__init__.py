@@ -19,13 +19,10 @@ import torch
 
 log = logging.getLogger("ubs_kernels")
 
-OPS: tuple[str, ...] = ()
 ERROR: str | None = None
 
 try:
     from . import label_mi, observe, selection_log_probs, uncertainty  # noqa: F401  (registers the ops)
-
-    OPS = ("observe", "record", "uncertainty", "label_mi", "selection_log_probs")
 except Exception as exc:  # no triton, a torch without torch.library.triton_op, a broken install
     ERROR = f"Triton kernels unavailable: {type(exc).__name__}: {exc}"
     log.info("ubs_kernels: %s; the triton backend is off", ERROR)
@@ -36,7 +33,7 @@ def available(op: str, device: torch.device) -> bool:
 
     CUDA devices always; the CPU only under the interpreter (``TRITON_INTERPRET=1``).
     """
-    if ERROR is not None or op not in OPS:
+    if ERROR is not None or not hasattr(torch.ops.ubs_kernels, f"{op}_triton"):
         return False
     device = torch.device(device)
     if device.type == "cuda":
