@@ -11,7 +11,7 @@
 #include "cpu/uncertainty_row.h"
 
 TORCH_LIBRARY(ubs_kernels, m) {
-  // One training step (SPEC.md Eq. 1, 4, 5 and the bin): write probs into the history ring
+  // One training step (docs/spec.md Eq. 1, 4, 5 and the bin): write probs into the history ring
   // of each sample in `indices` at slot seen % T, increment seen, recompute those rows of
   // uncertainty (float32) and bins (uint8, min(floor(u * tau), tau - 1)).
   //   history (n, T, q) f16|f32, seen (n,) i64, uncertainty (n, q) f32, bins (n, q) u8,
@@ -52,17 +52,17 @@ TORCH_LIBRARY(ubs_kernels, m) {
   // independent; random numbers from `generator` (CPU). log_p (n,) floating -> (batches, b) i64.
   m.def("plan_weighted(Tensor log_p, int batch_size, int batches, Generator? generator) -> Tensor");
 
-  // Mutual information (SPEC.md Eq. 6, natural log) between every pair of label columns of
+  // Mutual information (docs/spec.md Eq. 6, natural log) between every pair of label columns of
   // the binned U, diagonal 1. bins (n, q) u8 in [0, tau) -> (q, q) f32, or with rowsum the
   // row sums (q,) f32 without materialising q x q.
   m.def("label_mi(Tensor bins, int tau, bool rowsum=False) -> Tensor");
 
-  // The whole-matrix pass (SPEC.md Eq. 1, 4, 5 and the bin for all n rows from the history):
+  // The whole-matrix pass (docs/spec.md Eq. 1, 4, 5 and the bin for all n rows from the history):
   // history (n, T, q) f16|f32, seen (n,) i64 -> (uncertainty (n, q) f32, bins (n, q) u8).
   // Rows of samples never observed (seen == 0) are 0 in both outputs.
   m.def("uncertainty(Tensor history, Tensor seen, float lam, int tau) -> (Tensor, Tensor)");
 
-  // SPEC.md Eq. 7-10 fused: w = U c, z = min-max of w over observed samples (never-observed
+  // docs/spec.md Eq. 7-10 fused: w = U c, z = min-max of w over observed samples (never-observed
   // samples get z = 1; all-equal gives z = 0), Q = floor((1 - z) n), and
   // log P = -ln(pressure) Q / n - logsumexp. uncertainty (n, q) f32, c (q,) f32, seen (n,)
   // i64, pressure >= 1 -> (n,) f32.

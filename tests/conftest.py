@@ -76,7 +76,7 @@ def require_backend(op: str, backend: str, device: str = "cpu") -> None:
 
 
 def numpy_uncertainty(predictions: list[np.ndarray], T: int, lam: float) -> np.ndarray:
-    """SPEC.md Eq. 1, 4, 5 in float64 numpy from a sample's full list of predictions.
+    """docs/spec.md Eq. 1, 4, 5 in float64 numpy from a sample's full list of predictions.
 
     Independent of the ring: takes the k = min(len, T) newest rows in time order.
     """

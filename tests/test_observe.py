@@ -1,4 +1,4 @@
-"""observe (SPEC.md Eq. 1, 4, 5 and the bin) and the whole-matrix uncertainty pass.
+"""observe (docs/spec.md Eq. 1, 4, 5 and the bin) and the whole-matrix uncertainty pass.
 
 Oracle: an independent float64 numpy recomputation from each sample's full list of
 predictions, for samples seen 0, 1, 2, ..., T+3 times.

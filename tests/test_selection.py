@@ -1,4 +1,4 @@
-"""Weights and selection probabilities (SPEC.md Eq. 7-10) and the pressure schedule (Eq. 11)."""
+"""Weights and selection probabilities (docs/spec.md Eq. 7-10) and the pressure schedule (Eq. 11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The native selection_log_probs kernel (SPEC.md Eq. 7-10): Q, log P, argument checks.
+"""The native selection_log_probs kernel (docs/spec.md Eq. 7-10): Q, log P, argument checks.
 
 The backend-parametrised comparisons against numpy live in test_selection.py; here the
 native op is held to the reference's exact steps: float32 w and z, Q in double from z.

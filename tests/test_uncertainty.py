@@ -1,4 +1,4 @@
-"""The whole-matrix uncertainty pass (SPEC.md Eq. 1, 4, 5 and the bin for all n rows).
+"""The whole-matrix uncertainty pass (docs/spec.md Eq. 1, 4, 5 and the bin for all n rows).
 
 Oracle: the independent float64 numpy recomputation of conftest.numpy_uncertainty from each
 sample's full list of predictions. The history is filled the way the README documents

@@ -1,7 +1,7 @@
 """ubs_kernels: uncertainty-based mini-batch selection for multi-label training.
 
 Fused kernels for the method of Zhou et al., "Batch Selection for Multi-Label Classification
-Guided by Uncertainty and Dynamic Label Correlations" (AAAI 2025), as specified in SPEC.md.
+Guided by Uncertainty and Dynamic Label Correlations" (AAAI 2025), as specified in docs/spec.md.
 The functional API lives in :mod:`ubs_kernels.ops`; the plain-PyTorch reference of every
 equation in :mod:`ubs_kernels.reference`.
 """

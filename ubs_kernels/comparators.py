@@ -2,7 +2,7 @@
 
 Each is a :class:`~ubs_kernels.selector.BatchSelector`: iterate it for an epoch of batches,
 call ``observe(indices, probs)`` after each forward pass. Where a method ranks samples by a
-score, P is the quantised exponential of SPEC.md Eq. 9-11 on that score (the same fused op
+score, P is the quantised exponential of docs/spec.md Eq. 9-11 on that score (the same fused op
 as the UncertaintyBatchSelector, with ``U`` the score column and ``c = 1``), so the methods
 differ only in what they score.
 
@@ -203,7 +203,7 @@ class RecencyBiasSelector(_ScoredSelector):
     Keeps the last T binarised predictions (``p >= 0.5``) per (sample, label); Eq. 3's
     entropy ``-Σ_c P(c) log2 P(c)`` of the positive fraction over the ``k = min(seen, T)``
     predictions in the window is summed over labels. P is the quantised exponential of
-    SPEC.md Eq. 9-10 on that score, with the pressure schedule of Eq. 11 (``s0``, ``warmup``,
+    docs/spec.md Eq. 9-10 on that score, with the pressure schedule of Eq. 11 (``s0``, ``warmup``,
     ``epochs``), as in the paper.
     """
 
@@ -269,7 +269,7 @@ class HardImbalanceSelector(_ScoredSelector):
       ``k`` nearest neighbours (Euclidean, on ``features``) whose label j differs from its
       own; without ``features`` it is 1;
 
-    and the sample's score is the mean over labels. P is the quantised exponential of SPEC.md
+    and the sample's score is the mean over labels. P is the quantised exponential of docs/spec.md
     Eq. 9-10 on the score with the pressure schedule of Eq. 11.
 
     With ``chain=True`` (the paper's chain variant), each selection batch starts from a seed

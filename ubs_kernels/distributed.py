@@ -11,7 +11,7 @@ permutation of the rank's own samples; a rank one sample short of ``m`` repeats 
 sample when its last batch would otherwise be empty (or short, with ``drop_last``).
 Selection epochs draw ``B`` batches from P restricted to the rank's samples.
 
-Refresh (SPEC.md Eq. 6-10), the same on every rank:
+Refresh (docs/spec.md Eq. 6-10), the same on every rank:
 
 * Eq. 6, ``c = C 1`` over the observed samples of all ranks, by one of three routes:
   ``"gather"`` all-gathers the binned U (``W m (q+1)`` bytes, uint8) in global sample order and

@@ -1,5 +1,5 @@
 """The observation state of the uncertainty selector: each sample's last T predictions, how
-many times it was observed, and its U (SPEC.md Eq. 1, 4, 5) and bins, and how a training step
+many times it was observed, and its U (docs/spec.md Eq. 1, 4, 5) and bins, and how a training step
 is written into them.
 
 Two ways of writing a step, chosen once at construction from the device (:meth:`History.choose`):

@@ -1,4 +1,4 @@
-"""The public functional API of SPEC.md: one function per op, backend choice in one place.
+"""The public functional API of docs/spec.md: one function per op, backend choice in one place.
 
 Every function takes ``backend="auto" | "torch" | "cpu" | "triton" | "cuda"``; the default
 comes from the ``UBS_BACKEND`` environment variable, else ``"auto"``. ``"auto"`` picks the
@@ -117,6 +117,25 @@ def resolve_backend(op: str, device: torch.device | str, backend: str | None = N
     return backend
 
 
+def _checks_values(backend: str) -> bool:
+    """Whether Python must check the values for ``backend``: the native kernels check index
+    range, duplicates, counts and probabilities themselves before writing (CUDA on the device,
+    without a sync per check), and under torch.compile data-dependent Python checks cannot be
+    traced."""
+    return backend in ("torch", "triton") and not torch.compiler.is_compiling()
+
+
+def _checked_step(history, seen, indices, probs, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's ``indices`` and ``probs`` against a checked state (values where
+    :func:`_checks_values`), the probabilities detached."""
+    n, q = history.shape[0], history.shape[2]
+    values = _checks_values(backend)
+    indices = _checks.check_indices(indices, n, history.device, values)
+    if values:  # a negative count would address a slot outside the sample's ring
+        _checks.check_seen_at(seen, indices, n)
+    return indices, _checks.check_probs(probs, indices.numel(), q, history.device, values).detach()
+
+
 def observe(
     history: torch.Tensor,
     seen: torch.Tensor,
@@ -145,18 +164,9 @@ def observe(
     Raises ``TypeError``/``ValueError``/``IndexError`` naming the bad argument; nothing is
     written then.
     """
-    n, q = _checks.check_state(history, seen, uncertainty, bins)
+    _checks.check_state(history, seen, uncertainty, bins)
     chosen = resolve_backend("observe", history.device, backend)
-    # The native kernels check index range, duplicates and probabilities themselves before
-    # writing (on CUDA on the device, without a sync per check); so does nothing under
-    # torch.compile, which cannot trace data-dependent Python checks.
-    values = chosen in ("torch", "triton") and not torch.compiler.is_compiling()
-    indices = _checks.check_indices(indices, n, history.device, values)
-    # seen >= 0 at the observed indices: a negative count addresses a slot outside the sample's
-    # ring. The native kernels check it themselves.
-    if values:
-        _checks.check_seen_at(seen, indices, n)
-    probs = _checks.check_probs(probs, indices.numel(), q, history.device, values).detach()
+    indices, probs = _checked_step(history, seen, indices, probs, chosen)
     lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
     if indices.numel() == 0:
         return
@@ -181,13 +191,9 @@ def record(
     have left for every observed sample (the same row computation). Arguments, checks and
     errors as :func:`observe`; nothing is written when a check fails.
     """
-    n, q = _checks.check_state(history, seen)
+    _checks.check_state(history, seen)
     chosen = resolve_backend("record", history.device, backend)
-    values = chosen in ("torch", "triton") and not torch.compiler.is_compiling()
-    indices = _checks.check_indices(indices, n, history.device, values)
-    if values:
-        _checks.check_seen_at(seen, indices, n)
-    probs = _checks.check_probs(probs, indices.numel(), q, history.device, values).detach()
+    indices, probs = _checked_step(history, seen, indices, probs, chosen)
     if indices.numel() == 0:
         return
     if chosen == "torch":
@@ -233,7 +239,7 @@ def stage(
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     chosen = resolve_backend("stage", device if device is not None else "cpu", backend)
-    values = chosen in ("torch", "triton") and not torch.compiler.is_compiling()
+    values = _checks_values(chosen)
     b = indices.shape[0] if torch.is_tensor(indices) and indices.dim() == 1 else 0
     _, q = _checks.check_staging(staged_indices, staged_probs, offset, b)
     indices = _checks.check_indices(indices, num_samples, device, values)
@@ -273,7 +279,7 @@ def observe_staged(
     """
     n, q = _checks.check_state(history, seen, uncertainty, bins)
     chosen = resolve_backend("observe_staged", history.device, backend)
-    values = chosen in ("torch", "triton") and not torch.compiler.is_compiling()
+    values = _checks_values(chosen)
     staged_indices, staged_probs = _checks.check_staged(staged_indices, staged_probs, history, values)
     if values:
         _checks.check_seen_at(seen, staged_indices, n)

@@ -1,8 +1,8 @@
-"""Plain-PyTorch reference of every stage of SPEC.md, equation by equation.
+"""Plain-PyTorch reference of every stage of docs/spec.md, equation by equation.
 
 This module is the test oracle of every fast backend and the last-resort fallback of
 :mod:`ubs_kernels.ops` (backend ``"torch"``). Every function takes a ``dtype`` for its
-arithmetic: ``torch.float32`` is what the kernels do (SPEC.md: "all arithmetic is float32"),
+arithmetic: ``torch.float32`` is what the kernels do (docs/spec.md: "all arithmetic is float32"),
 ``torch.float64`` is the oracle.
 
 Equations (Zhou et al., AAAI 2025):

@@ -1,6 +1,6 @@
 """Epoch planning: cutting an epoch into batches, uniformly or by a selection distribution P.
 
-SPEC.md "Drawing batches": in a selection epoch every batch holds ``b`` distinct samples drawn
+docs/spec.md "Drawing batches": in a selection epoch every batch holds ``b`` distinct samples drawn
 by successive sampling without replacement from P (the law of
 ``numpy.random.Generator.choice(n, b, replace=False, p=P)``), and batches are independent.
 Successive sampling equals drawing with replacement and skipping a sample already in the

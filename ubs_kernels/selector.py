@@ -1,7 +1,7 @@
 """The paper's selector: uncertainty-based batch selection guided by dynamic label correlations.
 
 :class:`UncertaintyBatchSelector` keeps its observations in a :class:`~ubs_kernels.history.History`
-and, at each selection epoch, turns U and the label correlations into P (SPEC.md Eq. 6-11);
+and, at each selection epoch, turns U and the label correlations into P (docs/spec.md Eq. 6-11);
 planning, iteration and checkpoints are :class:`~ubs_kernels.batch_selector.BatchSelector`'s.
 With one rank under ``torch.distributed`` it is exactly the single-process selector; with more,
 the epoch refresh is global (:mod:`ubs_kernels.distributed`).

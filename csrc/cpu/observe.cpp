@@ -1,4 +1,4 @@
-// CPU kernels of ubs_kernels::observe (one training step: SPEC.md Eq. 1, 4, 5 and the bin) and
+// CPU kernels of ubs_kernels::observe (one training step: docs/spec.md Eq. 1, 4, 5 and the bin) and
 // ubs_kernels::record (the same step's ring write and count only; U and the bins are left to
 // the whole-matrix pass, which computes them with the same row kernel, so the bits agree).
 //

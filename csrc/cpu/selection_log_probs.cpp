@@ -1,4 +1,4 @@
-// CPU kernel of ubs_kernels::selection_log_probs: SPEC.md Eq. 7-10 fused.
+// CPU kernel of ubs_kernels::selection_log_probs: docs/spec.md Eq. 7-10 fused.
 //
 //   w = U c (Eq. 7-8, c = C 1), z = (w - min w) / (max w - min w) over the observed samples
 //   (z = 1 for samples never observed, z = 0 for all when every observed w is equal),

@@ -1,4 +1,4 @@
-// CPU kernel of ubs_kernels::uncertainty: the whole-matrix pass (SPEC.md Eq. 1, 4, 5 and the
+// CPU kernel of ubs_kernels::uncertainty: the whole-matrix pass (docs/spec.md Eq. 1, 4, 5 and the
 // bin for all n rows from the history alone).
 //
 // Memory-bound: it reads the (n, T, q) ring once and writes U and the bins once. Rows are
@@ -34,7 +34,7 @@ void uncertainty_impl(const at::Tensor& history, const int64_t* seen, double lam
         const H* next = i + 1 < end ? hist + (i + 1) * T * q : nullptr;
         kernels.row(hist + i * T * q, T, q, seen[i], params, nullptr, u + i * q, bins + i * q,
                     Ahead(next));
-      } else {  // never observed: no U row (SPEC.md), 0 in both outputs
+      } else {  // never observed: no U row (docs/spec.md), 0 in both outputs
         std::memset(u + i * q, 0, q * sizeof(float));
         std::memset(bins + i * q, 0, q);
       }

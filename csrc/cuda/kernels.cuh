@@ -15,7 +15,7 @@ namespace ubs_kernels::cuda {
 
 enum class Dtype : int { kFloat16, kBFloat16, kFloat32, kFloat64 };
 
-// ---- observe (SPEC.md Eq. 1, 4, 5 and the bin, one training step, in place) ----------------
+// ---- observe (docs/spec.md Eq. 1, 4, 5 and the bin, one training step, in place) ----------------
 
 // Bits of status[0] set by the on-device checks; any of them means nothing was written.
 constexpr int64_t kObserveBadIndex = 1;   // an index outside [0, n)

@@ -1,4 +1,5 @@
-// CUDA kernel of ubs_kernels::label_mi: SPEC.md Eq. 6 for every label pair on int8 tensor cores.
+// CUDA kernel of ubs_kernels::label_mi: docs/spec.md Eq. 6 for every label pair on int8 tensor
+// cores.
 //
 // One block per pair of label tiles (i <= j; geometry in label_mi.cuh). Every 128 samples the
 // block copies the transposed bins of its labels (cp.async, 3 stages), expands them in shared

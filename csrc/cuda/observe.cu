@@ -1,5 +1,5 @@
-// CUDA kernels of ubs_kernels::observe (one training step: SPEC.md Eq. 1, 4, 5 and the bin) and
-// ubs_kernels::record (its ring write and count only, for a whole-matrix pass later).
+// CUDA kernels of ubs_kernels::observe (one training step: docs/spec.md Eq. 1, 4, 5 and the bin)
+// and ubs_kernels::record (its ring write and count only, for a whole-matrix pass later).
 //
 // The op can be called through torch.ops directly, so it checks its data on the device: a
 // validation pass over indices and probs, a duplicate pass, and the update itself, which runs

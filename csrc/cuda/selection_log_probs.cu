@@ -1,4 +1,4 @@
-// CUDA kernels of ubs_kernels::selection_log_probs: SPEC.md Eq. 7-10 fused.
+// CUDA kernels of ubs_kernels::selection_log_probs: docs/spec.md Eq. 7-10 fused.
 //
 // Three passes over n, deterministic (a fixed grid and fixed reduction orders, no float
 // atomics): (1) w = U c (Eq. 7-8), a memory-bound GEMV accumulated in float64, with per-block

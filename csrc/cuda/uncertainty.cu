@@ -1,4 +1,4 @@
-// CUDA kernel of ubs_kernels::uncertainty: SPEC.md Eq. 1, 4, 5 and the bin for all n rows.
+// CUDA kernel of ubs_kernels::uncertainty: docs/spec.md Eq. 1, 4, 5 and the bin for all n rows.
 //
 // A memory-bound pass: each sample's k = min(seen, T) newest ring rows are read once and U
 // (float32) and the bins (uint8) written once. A group of `lanes` threads (a power of two <= 32)
@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(kThreads)
       Vec<uint8_t, V> b;
       if (count > 0) {
         uncertainty_vec<H, V>(ring + j, T, q, count, params, u.v, b.v);
-      } else {  // never observed: no U row yet (SPEC.md)
+      } else {  // never observed: no U row yet (docs/spec.md)
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           u.v[v] = 0.f;

@@ -1,4 +1,4 @@
-"""Triton mutual information of every pair of binned label columns (SPEC.md Eq. 6).
+"""Triton mutual information of every pair of binned label columns (docs/spec.md Eq. 6).
 
 ``C_ab = sum_kl (N_kl / n) ln(N_kl n / (H_a(k) H_b(l)))`` with ``N_kl`` the joint counts of
 columns a and b and ``H_a`` the bin counts of column a; ``C_aa = 1``. Output: the (q, q) matrix,

@@ -1,4 +1,4 @@
-"""Triton selection log-probabilities (SPEC.md Eq. 7-10) from U, the MI row sums c and seen.
+"""Triton selection log-probabilities (docs/spec.md Eq. 7-10) from U, the MI row sums c and seen.
 
 * Eq. 7-8  ``w = U c`` (``c = C 1``; C is symmetric, so ``(U C) 1 = U c``).
 * ``z = (w - min w) / (max w - min w)`` over observed samples (``seen > 0``); ``z = 0`` for all
