@@ -62,203 +62,270 @@ __device__ __forceinline__ void emit_pair(const MiArgs& args, double joint, int6
   }
 }
 
+// What one block works on: its pair of label tiles, its shared memory and its place in the block.
+struct MiBlock {
+  int64_t a0, b0;  // first labels of the A (rows) and B (columns) tiles
+  bool diag;
+  uint8_t* oh;  // one-hot stages, then the count tile
+  int4* units;
+  unsigned long long* lab_acc;
+  double* red;
+  uint8_t* raw;
+  int tid, lane, warp, wm, wn;
+  int raw_side, label_units, side_units;
+  int64_t nch;
+};
+
+__device__ __forceinline__ MiBlock mi_block(const MiGeometry& g, int64_t ti, int64_t tj,
+                                            uint8_t* smem) {
+  MiBlock k;
+  k.a0 = ti * g.G;
+  k.b0 = tj * g.G;
+  k.diag = ti == tj;
+  k.oh = smem;
+  k.units = reinterpret_cast<int4*>(smem + kOhBytes);
+  k.lab_acc = reinterpret_cast<unsigned long long*>(smem + kOhBytes + kUnitsBytes);
+  k.red = reinterpret_cast<double*>(smem + kOhBytes + kUnitsBytes + kAccBytes);
+  k.raw = smem + kRawOffset;
+  k.tid = threadIdx.x;
+  k.lane = k.tid & 31;
+  k.warp = k.tid >> 5;
+  k.wm = k.warp >> 2;
+  k.wn = k.warp & 3;
+  k.raw_side = g.G * kMiChunk;
+  k.label_units = (g.kt + 15) >> 4;  // a unit expands at most 16 bins
+  k.side_units = g.G * k.label_units;
+  k.nch = g.n_pad / kMiChunk;
+  return k;
+}
+
+// Chunk c of the transposed bins of both tiles into raw stage c % kRawStages (cp.async).
+__device__ __forceinline__ void load_raw(const MiArgs& args, const MiBlock& k, int64_t c) {
+  const MiGeometry& g = args.g;
+  if (c < k.nch) {
+    uint8_t* dst = k.raw + static_cast<int>(c % kRawStages) * 2 * k.raw_side;
+    for (int p = k.tid; p < 16 * g.G; p += kThreads) {  // 2 sides x G labels x 8 pieces
+      const int side = p >= 8 * g.G ? 1 : 0;
+      const int l = (p - side * 8 * g.G) >> 3, piece = p & 7;
+      const int64_t label = min((side ? k.b0 : k.a0) + l, g.q);  // row q: padding
+      cp_async16(dst + side * k.raw_side + l * kMiChunk + piece * 16,
+                 args.binsT + label * g.n_pad + c * kMiChunk + piece * 16);
+    }
+  }
+  cp_async_commit();  // an empty group past the end keeps the wait counts uniform
+}
+
+// Raw chunk c into one-hot stage c & 1, one expansion unit per warp.
+template <bool kNibble>
+__device__ __forceinline__ void expand(const MiBlock& k, int64_t c) {
+  const uint8_t* src = k.raw + static_cast<int>(c % kRawStages) * 2 * k.raw_side;
+  uint8_t* dst = k.oh + static_cast<int>(c & 1) * 2 * kOhSide;
+  for (int u = k.warp; u < 2 * k.side_units; u += kThreads / 32) {
+    const int4 info = k.units[u];  // raw offset, one-hot offset, first bin, bins
+    const uint32_t w = *reinterpret_cast<const uint32_t*>(src + info.x + 4 * k.lane);
+    expand_unit<kNibble>(w, info.z, info.w, dst + info.y + 4 * k.lane);
+  }
+}
+
+// The expansion units of sub-tile (sr, sc): which bins of which label go where.
+__device__ __forceinline__ void place_units(const MiGeometry& g, const MiBlock& k, int sr, int sc) {
+  for (int u = k.tid; u < 2 * k.side_units; u += kThreads) {
+    const int side = u >= k.side_units ? 1 : 0;
+    const int v = u - side * k.side_units;
+    const int l = v / k.label_units, c = v - l * k.label_units;
+    k.units[u] = make_int4(side * k.raw_side + l * kMiChunk,
+                           side * kOhSide + (l * g.kt + 16 * c) * kOhStride,
+                           (side ? sc : sr) * kMiTile + 16 * c, min(16, g.kt - 16 * c));
+  }
+}
+
+// The 128 x 128 counts of one sub-tile over all samples, in this thread's mma fragments: the
+// raw chunks stream through 3 stages, their expansions through 2, one chunk ahead of the mma.
+template <bool kNibble>
+__device__ __forceinline__ void count_sub_tile(const MiArgs& args, const MiBlock& k,
+                                               int (&acc)[4][4][4]) {
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0;
+
+  load_raw(args, k, 0);
+  load_raw(args, k, 1);
+  cp_async_wait<1>();
+  __syncthreads();
+  expand<kNibble>(k, 0);
+  __syncthreads();
+  for (int64_t c = 0; c < k.nch; ++c) {
+    load_raw(args, k, c + 2);
+    cp_async_wait<1>();  // chunk c + 1 has landed (this thread's copies) ...
+    __syncthreads();     // ... and everyone's
+    if (c + 1 < k.nch) expand<kNibble>(k, c + 1);
+    // Counts of chunk c. Fragment addresses: see mma_int8.cuh.
+    const uint8_t* A = k.oh + static_cast<int>(c & 1) * 2 * kOhSide;
+    const uint32_t a_addr =
+        smem_u32(A + (k.wm * 64 + (k.lane & 15)) * kOhStride + (k.lane >> 4) * 16);
+    const uint32_t b_addr =
+        smem_u32(A + kOhSide + (k.wn * 32 + (k.lane & 7) + ((k.lane >> 4) << 3)) * kOhStride +
+                 ((k.lane >> 3) & 1) * 16);
+#pragma unroll
+    for (int ks = 0; ks < kMiChunk / 32; ++ks) {
+      uint32_t a[4][4], b[4][2];
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(a[mi], a_addr + mi * 16 * kOhStride + ks * 32);
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) {
+        uint32_t r[4];
+        ldmatrix_x4(r, b_addr + nj * 16 * kOhStride + ks * 32);
+        b[2 * nj][0] = r[0];
+        b[2 * nj][1] = r[1];
+        b[2 * nj + 1][0] = r[2];
+        b[2 * nj + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) mma_u8(acc[mi][ni], a[mi], b[ni]);
+    }
+    __syncthreads();
+  }
+}
+
+// The fragments to the count tile in shared memory (over the one-hot stages, which are done).
+__device__ __forceinline__ int* store_counts(const MiBlock& k, const int (&acc)[4][4][4]) {
+  int* cs = reinterpret_cast<int*>(k.oh);
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni) {
+      const int row = k.wm * 64 + mi * 16 + (k.lane >> 2);
+      const int col = k.wn * 32 + ni * 8 + 2 * (k.lane & 3);
+      *reinterpret_cast<int2*>(cs + row * kCsStride + col) =
+          make_int2(acc[mi][ni][0], acc[mi][ni][1]);
+      *reinterpret_cast<int2*>(cs + (row + 8) * kCsStride + col) =
+          make_int2(acc[mi][ni][2], acc[mi][ni][3]);
+    }
+  __syncthreads();
+  return cs;
+}
+
+// Full mode (one label pair a tile, every bin kept): this thread's share of sum c ln c over
+// sub-tile (sr, sc), bins sr * 128 .. of a (rows) and sc * 128 .. of b (columns), added to
+// `joint` term by term (the order of the additions is the result's).
+__device__ __forceinline__ void add_full_sub_tile_xlogx(const MiGeometry& g, const MiBlock& k,
+                                                        const int* cs, int sr, int sc,
+                                                        double& joint) {
+  for (int e = k.tid; e < kMiTile * kMiTile; e += kThreads) {
+    const int r = e / kMiTile, col = e % kMiTile;
+    const int kr = sr * kMiTile + r, kc = sc * kMiTile + col;
+    if (kr < g.tau && kc < g.tau) {
+      long long c = cs[r * kCsStride + col];
+      // tau = 256: padding samples (0xFF) land in bin (255, 255) of every pair.
+      if (kr == 255 && kc == 255) c -= g.n_pad - g.n;
+      joint += xlogx(c);
+    }
+  }
+}
+
+// Drop mode (G labels a tile, the last bin of each dropped): a group of tpp lanes per label
+// pair completes its K x K counts with the marginals and emits the pair's MI.
+__device__ __forceinline__ void drop_mode_pairs(const MiArgs& args, const MiBlock& k,
+                                                const int* cs) {
+  const MiGeometry& g = args.g;
+  const int K = g.kt, tpp = 1 << g.log2_tpp;
+  const int grp = k.tid >> g.log2_tpp, sl = k.tid & (tpp - 1);
+  const int npairs = g.G * g.G;
+  for (int p0 = 0; p0 < npairs; p0 += kThreads >> g.log2_tpp) {  // uniform trip count
+    const int p = p0 + grp;
+    const int la = p / g.G, lb = p - la * g.G;
+    const int64_t a = k.a0 + la, b = k.b0 + lb;
+    const bool ok = p < npairs && a < g.q && b < g.q && (!k.diag || a < b);
+    double joint = 0.0;
+    long long col_rest = 0;
+    if (ok) {
+      const int* blk = cs + la * K * kCsStride + lb * K;
+      const int32_t* ha = args.hist + a * g.tau;
+      const int32_t* hb = args.hist + b * g.tau;
+      for (int kk = sl; kk < K; kk += tpp) {  // rows kk < K, and (kk, last bin of b)
+        long long rest = ha[kk];
+        for (int l = 0; l < K; ++l) {
+          const int c = blk[kk * kCsStride + l];
+          joint += xlogx(c);
+          rest -= c;
+        }
+        joint += xlogx(rest);
+      }
+      for (int l = sl; l < K; l += tpp) {  // (last bin of a, l)
+        long long rest = hb[l];
+        for (int kk = 0; kk < K; ++kk) rest -= blk[kk * kCsStride + l];
+        joint += xlogx(rest);
+        col_rest += rest;
+      }
+    }
+    joint = warp_sum(joint, tpp);
+    col_rest = warp_sum(col_rest, tpp);
+    if (ok && sl == 0) {
+      joint += xlogx(args.hist[a * g.tau + K] - col_rest);  // (last, last)
+      emit_pair(args, joint, a, b, la, lb, k.lab_acc);
+    }
+  }
+}
+
+// Row sums: the block's fixed-point sums of its labels into the global ones. Integer sums: the
+// order of the atomics cannot change the result.
+__device__ __forceinline__ void flush_row_sums(const MiArgs& args, const MiBlock& k) {
+  __syncthreads();
+  for (int t = k.tid; t < 2 * kMiTile; t += kThreads) {
+    const int side = t >= kMiTile ? 1 : 0, l = t - side * kMiTile;
+    const int64_t label = (side ? k.b0 : k.a0) + l;
+    if (l < args.g.G && label < args.g.q && k.lab_acc[t] != 0) {
+      atomicAdd(&args.row_acc[label], k.lab_acc[t]);
+    }
+  }
+}
+
 template <bool kNibble>
 __global__ void __launch_bounds__(kThreads, 2) label_mi_kernel(const MiArgs args) {
   extern __shared__ __align__(128) uint8_t smem[];
   const MiGeometry& g = args.g;
   int64_t ti, tj;
   tile_pair(blockIdx.x, g.NG, ti, tj);
-  const int64_t a0 = ti * g.G, b0 = tj * g.G;
-  const bool diag = ti == tj;
-  if (diag && (g.G == 1 || a0 + 1 >= g.q)) return;  // no pair a < b in this tile
-
-  uint8_t* oh = smem;
-  auto* units = reinterpret_cast<int4*>(smem + kOhBytes);
-  auto* lab_acc = reinterpret_cast<unsigned long long*>(smem + kOhBytes + kUnitsBytes);
-  auto* red = reinterpret_cast<double*>(smem + kOhBytes + kUnitsBytes + kAccBytes);
-  uint8_t* raw = smem + kRawOffset;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wm = warp >> 2, wn = warp & 3;
-  const int raw_side = g.G * kMiChunk;
-  const int label_units = (g.kt + 15) >> 4;  // a unit expands at most 16 bins
-  const int side_units = g.G * label_units;
-  const int64_t nch = g.n_pad / kMiChunk;
+  const MiBlock k = mi_block(g, ti, tj, smem);
+  if (k.diag && (g.G == 1 || k.a0 + 1 >= g.q)) return;  // no pair a < b in this tile
 
   // One-hot rows past G * kt are never written: zero them once.
-  for (int e = tid; e < kOhBytes / 16; e += kThreads) {
-    reinterpret_cast<uint4*>(oh)[e] = make_uint4(0u, 0u, 0u, 0u);
+  for (int e = k.tid; e < kOhBytes / 16; e += kThreads) {
+    reinterpret_cast<uint4*>(k.oh)[e] = make_uint4(0u, 0u, 0u, 0u);
   }
-  for (int e = tid; e < 2 * kMiTile; e += kThreads) lab_acc[e] = 0;
-
-  auto load_raw = [&](int64_t c) {
-    if (c < nch) {
-      uint8_t* dst = raw + static_cast<int>(c % kRawStages) * 2 * raw_side;
-      for (int p = tid; p < 16 * g.G; p += kThreads) {  // 2 sides x G labels x 8 pieces
-        const int side = p >= 8 * g.G ? 1 : 0;
-        const int l = (p - side * 8 * g.G) >> 3, piece = p & 7;
-        const int64_t label = min((side ? b0 : a0) + l, g.q);  // row q: padding
-        cp_async16(dst + side * raw_side + l * kMiChunk + piece * 16,
-                   args.binsT + label * g.n_pad + c * kMiChunk + piece * 16);
-      }
-    }
-    cp_async_commit();  // an empty group past the end keeps the wait counts uniform
-  };
-  auto expand = [&](int64_t c) {
-    const uint8_t* src = raw + static_cast<int>(c % kRawStages) * 2 * raw_side;
-    uint8_t* dst = oh + static_cast<int>(c & 1) * 2 * kOhSide;
-    for (int u = warp; u < 2 * side_units; u += kThreads / 32) {
-      const int4 info = units[u];  // raw offset, one-hot offset, first bin, bins
-      const uint32_t w = *reinterpret_cast<const uint32_t*>(src + info.x + 4 * lane);
-      expand_unit<kNibble>(w, info.z, info.w, dst + info.y + 4 * lane);
-    }
-  };
+  for (int e = k.tid; e < 2 * kMiTile; e += kThreads) k.lab_acc[e] = 0;
 
   double joint_full = 0.0;  // full mode: this thread's share of sum c ln c
   for (int sub = 0; sub < g.S * g.S; ++sub) {
     const int sr = sub / g.S, sc = sub - sr * g.S;
-    for (int u = tid; u < 2 * side_units; u += kThreads) {
-      const int side = u >= side_units ? 1 : 0;
-      const int v = u - side * side_units;
-      const int l = v / label_units, c = v - l * label_units;
-      units[u] = make_int4(side * raw_side + l * kMiChunk,
-                           side * kOhSide + (l * g.kt + 16 * c) * kOhStride,
-                           (side ? sc : sr) * kMiTile + 16 * c, min(16, g.kt - 16 * c));
-    }
+    place_units(g, k, sr, sc);
     __syncthreads();  // units and the zeroed tiles are in place
-
     int acc[4][4][4];
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0;
-
-    load_raw(0);
-    load_raw(1);
-    cp_async_wait<1>();
-    __syncthreads();
-    expand(0);
-    __syncthreads();
-    for (int64_t c = 0; c < nch; ++c) {
-      load_raw(c + 2);
-      cp_async_wait<1>();  // chunk c + 1 has landed (this thread's copies) ...
-      __syncthreads();     // ... and everyone's
-      if (c + 1 < nch) expand(c + 1);
-      // Counts of chunk c. Fragment addresses: see mma_int8.cuh.
-      const uint8_t* A = oh + static_cast<int>(c & 1) * 2 * kOhSide;
-      const uint32_t a_addr = smem_u32(A + (wm * 64 + (lane & 15)) * kOhStride + (lane >> 4) * 16);
-      const uint32_t b_addr =
-          smem_u32(A + kOhSide + (wn * 32 + (lane & 7) + ((lane >> 4) << 3)) * kOhStride +
-                   ((lane >> 3) & 1) * 16);
-#pragma unroll
-      for (int ks = 0; ks < kMiChunk / 32; ++ks) {
-        uint32_t a[4][4], b[4][2];
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(a[mi], a_addr + mi * 16 * kOhStride + ks * 32);
-#pragma unroll
-        for (int nj = 0; nj < 2; ++nj) {
-          uint32_t r[4];
-          ldmatrix_x4(r, b_addr + nj * 16 * kOhStride + ks * 32);
-          b[2 * nj][0] = r[0];
-          b[2 * nj][1] = r[1];
-          b[2 * nj + 1][0] = r[2];
-          b[2 * nj + 1][1] = r[3];
-        }
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < 4; ++ni) mma_u8(acc[mi][ni], a[mi], b[ni]);
-      }
-      __syncthreads();
-    }
-
-    // The count tile to shared memory (over the one-hot stages, which are done).
-    int* cs = reinterpret_cast<int*>(oh);
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) {
-        const int row = wm * 64 + mi * 16 + (lane >> 2), col = wn * 32 + ni * 8 + 2 * (lane & 3);
-        *reinterpret_cast<int2*>(cs + row * kCsStride + col) =
-            make_int2(acc[mi][ni][0], acc[mi][ni][1]);
-        *reinterpret_cast<int2*>(cs + (row + 8) * kCsStride + col) =
-            make_int2(acc[mi][ni][2], acc[mi][ni][3]);
-      }
-    __syncthreads();
-
-    if (g.full) {  // one label pair: bins sr * 128 .. of a (rows) and sc * 128 .. of b (columns)
-      for (int e = tid; e < kMiTile * kMiTile; e += kThreads) {
-        const int r = e / kMiTile, col = e % kMiTile;
-        const int kr = sr * kMiTile + r, kc = sc * kMiTile + col;
-        if (kr < g.tau && kc < g.tau) {
-          long long c = cs[r * kCsStride + col];
-          // tau = 256: padding samples (0xFF) land in bin (255, 255) of every pair.
-          if (kr == 255 && kc == 255) c -= g.n_pad - g.n;
-          joint_full += xlogx(c);
-        }
-      }
+    count_sub_tile<kNibble>(args, k, acc);
+    const int* cs = store_counts(k, acc);
+    if (g.full) {
+      add_full_sub_tile_xlogx(g, k, cs, sr, sc, joint_full);
       continue;  // the next sub-tile rewrites every one-hot row after the next barrier
     }
-
-    // Drop mode: one group of tpp lanes per label pair.
-    const int K = g.kt, tpp = 1 << g.log2_tpp;
-    const int grp = tid >> g.log2_tpp, sl = tid & (tpp - 1);
-    const int npairs = g.G * g.G;
-    for (int p0 = 0; p0 < npairs; p0 += kThreads >> g.log2_tpp) {  // uniform trip count
-      const int p = p0 + grp;
-      const int la = p / g.G, lb = p - la * g.G;
-      const int64_t a = a0 + la, b = b0 + lb;
-      const bool ok = p < npairs && a < g.q && b < g.q && (!diag || a < b);
-      double joint = 0.0;
-      long long col_rest = 0;
-      if (ok) {
-        const int* blk = cs + la * K * kCsStride + lb * K;
-        const int32_t* ha = args.hist + a * g.tau;
-        const int32_t* hb = args.hist + b * g.tau;
-        for (int k = sl; k < K; k += tpp) {  // rows k < K, and (k, last bin of b)
-          long long rest = ha[k];
-          for (int l = 0; l < K; ++l) {
-            const int c = blk[k * kCsStride + l];
-            joint += xlogx(c);
-            rest -= c;
-          }
-          joint += xlogx(rest);
-        }
-        for (int l = sl; l < K; l += tpp) {  // (last bin of a, l)
-          long long rest = hb[l];
-          for (int k = 0; k < K; ++k) rest -= blk[k * kCsStride + l];
-          joint += xlogx(rest);
-          col_rest += rest;
-        }
-      }
-      joint = warp_sum(joint, tpp);
-      col_rest = warp_sum(col_rest, tpp);
-      if (ok && sl == 0) {
-        joint += xlogx(args.hist[a * g.tau + K] - col_rest);  // (last, last)
-        emit_pair(args, joint, a, b, la, lb, lab_acc);
-      }
-    }
+    drop_mode_pairs(args, k, cs);
   }
 
   if (g.full) {
     joint_full = warp_sum(joint_full);
-    if (lane == 0) red[warp] = joint_full;
+    if (k.lane == 0) k.red[k.warp] = joint_full;
     __syncthreads();
-    if (tid == 0) {
+    if (k.tid == 0) {
       double joint = 0.0;
-      for (int w = 0; w < kThreads / 32; ++w) joint += red[w];
-      emit_pair(args, joint, a0, b0, 0, 0, lab_acc);
+      for (int w = 0; w < kThreads / 32; ++w) joint += k.red[w];
+      emit_pair(args, joint, k.a0, k.b0, 0, 0, k.lab_acc);
     }
   }
-  if (args.rowsum) {  // integer sums: the order of the atomics cannot change the result
-    __syncthreads();
-    for (int t = tid; t < 2 * kMiTile; t += kThreads) {
-      const int side = t >= kMiTile ? 1 : 0, l = t - side * kMiTile;
-      const int64_t label = (side ? b0 : a0) + l;
-      if (l < g.G && label < g.q && lab_acc[t] != 0) atomicAdd(&args.row_acc[label], lab_acc[t]);
-    }
-  }
+  if (args.rowsum) flush_row_sums(args, k);
 }
 
 template <bool kNibble>
