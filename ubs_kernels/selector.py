@@ -161,7 +161,7 @@ class UncertaintyBatchSelector(BatchSelector):
         """``(n, q)`` current U (float32), ``(num_local, q)`` sharded; rows of samples never observed are 0.
 
         Brought up to date when read after :meth:`observe` (on the CPU by applying the staged
-        steps; elsewhere by a whole-matrix pass, about 1 ms for 5,000 x 374), so reading it
+        steps; elsewhere by a whole-matrix pass over every sample), so reading it
         every step costs that every step. Read it again after observing: a refresh may return a
         new tensor rather than update this one.
         """

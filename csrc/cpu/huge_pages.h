@@ -1,8 +1,8 @@
 // Transparent huge pages for large buffers that a kernel fills for the first time.
 //
 // First touch of fresh memory costs a page fault per 4 KiB page; on the VMs of bench/ that
-// fault, not the kernel, was the cost of filling a fresh buffer (about 1 GB/s for 50 MB,
-// ~8x better in 2 MiB pages). PyTorch asks for huge pages on every allocation under
+// fault, not the kernel, was the cost of filling a fresh buffer, several times less in 2 MiB
+// pages (bench/RESULTS.md). PyTorch asks for huge pages on every allocation under
 // THP_MEM_ALLOC_ENABLE=1; this asks only for the buffers a kernel is about to fill. Advice
 // only: without THP, or off Linux, nothing changes.
 #pragma once

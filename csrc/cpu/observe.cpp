@@ -58,20 +58,16 @@ void observe_impl(at::Tensor& history, at::Tensor& seen, float* uu, uint8_t* bb,
   const RowKernels<H> kernels = row_kernels<H>();
   const RowParams params = make_row_params(lam, tau);
   // Grain: observe, a few thousand values per task (a row touches q T). record, 2^17 values:
-  // one step's batch (128 x 374 in bench_selector.py) runs on the calling thread, because in a
-  // training loop the other threads are asleep between steps and waking them took longer than
-  // the work (the record calls of one epoch: 3.3 -> 2.4 ms, both measured in the same runs,
-  // alternating epochs); a whole-matrix call still uses every thread.
+  // one step's batch runs on the calling thread, because in a training loop the other threads
+  // are asleep between steps and waking them costs more than the work (bench/RESULTS.md); a
+  // whole-matrix call still uses every thread.
   const int64_t grain = Refresh ? std::max<int64_t>(1, 4096 / std::max<int64_t>(1, q * T))
                                 : std::max<int64_t>(1, (1 << 17) / std::max<int64_t>(1, q));
   // Rows in index order (check_batch): each thread walks its share of the rings, U and bins
   // forwards in memory, and only the probs rows (a fifth of the bytes with a float16 history)
   // are read out of order; the row kernel prefetches the next row's ring and probs into L2
-  // and writes the new prediction to the ring in the same pass as U. Whole-matrix call at
-  // 1e5 x 1000 on 2 threads, a random permutation of the rows, in alternation with a copy of
-  // the same bytes: float16 history 72-84 ms where the caller's order, a separate ring write
-  // and L1 prefetches of the ring took 112-117 ms; float32 84-115 against 150-154 ms. Each
-  // step's share is in bench/RESULTS.md (sorting alone: about a tenth).
+  // and writes the new prediction to the ring in the same pass as U (what each of these gained
+  // in the whole-matrix pass is in bench/RESULTS.md).
   at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
     // Probabilities that are not float32 go through float32 first (as the reference's
     // probs.to(history.dtype) does for float64 -> float16 too: c10::Half rounds from float).

@@ -2,9 +2,8 @@
 // epoch gathered in a contiguous buffer, then applied to the rings in one pass.
 //
 // Writing each step's rows into the rings as the step happens (record) visits b random rings
-// with caches the model has just evicted: about 60 us a step at 128 x 374, most of it cache
-// and TLB misses, against 13-18 us to check and store the same values contiguously (measured in
-// isolation, without and with a cache flush between calls). So a step only
+// with caches the model has just evicted: mostly cache and TLB misses, several times the cost
+// of checking and storing the same values contiguously (bench/RESULTS.md). So a step only
 // checks its observation and appends it to the buffer (stage), and the epoch boundary applies
 // the buffer (observe_staged): samples in ascending order, each sample's staged rows in the
 // order they were staged, then its U and bins from the ring, with the row kernel of observe.
