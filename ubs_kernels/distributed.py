@@ -250,12 +250,12 @@ def joint_counts(bins: torch.Tensor, tau: int, a0: int, a1: int) -> torch.Tensor
     rows per chunk) accumulated over sample chunks; O(n (a1 - a0) q tau^2) work.
     """
     n, q = bins.shape
-    out = torch.zeros((a1 - a0) * tau, q * tau, dtype=torch.int64, device=bins.device)
+    out = torch.zeros((a1 - a0, q, tau, tau), dtype=torch.int64, device=bins.device)
     chunk = max(1, min(1 << 23, _ONEHOT_CHUNK_BYTES // (4 * q * tau)))
     for s0 in range(0, n, chunk):
-        onehot = torch.nn.functional.one_hot(bins[s0 : s0 + chunk].long(), tau).reshape(-1, q * tau).float()
-        out += (onehot[:, a0 * tau : a1 * tau].T @ onehot).round().long()
-    return out.reshape(a1 - a0, tau, q, tau).permute(0, 2, 1, 3)
+        onehot = reference.one_hot_bins(bins[s0 : s0 + chunk], tau, torch.float32)
+        out += reference.joint_counts(onehot, tau, a0, a1).round().long()
+    return out
 
 
 def _rowsums_from_counts(shard: Shard, bins: torch.Tensor, tau: int) -> torch.Tensor:
@@ -352,12 +352,7 @@ def selection_log_probs(
     hi = float(w[observed].max()) if any_seen else -math.inf
     bounds = all_reduce(shard, torch.tensor([lo, -hi], dtype=torch.float64, device=w.device), "min")
     lo, hi = bounds[0].to(torch.float32), (-bounds[1]).to(torch.float32)  # float32 values: exact round trip
-    if bool(torch.isinf(lo)):  # nothing observed on any rank
-        z = torch.ones_like(w)
-    else:
-        span = hi - lo
-        z = (w - lo) / span if bool(span > 0) else torch.zeros_like(w)
-        z = torch.where(observed, z, torch.ones_like(w))
+    z = reference.normalise(w, seen, None if bool(torch.isinf(lo)) else (lo, hi))
     Q = reference.quantise(z, n)
     logits = -math.log(pressure) * Q.to(torch.float32) / n  # in [-ln s, 0]: exp cannot overflow
     total = all_reduce(shard, torch.exp(logits.double()).sum().reshape(1), "sum")

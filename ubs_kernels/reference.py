@@ -44,6 +44,8 @@ __all__ = [
     "to_bins",
     "observe",
     "uncertainty",
+    "one_hot_bins",
+    "joint_counts",
     "joint_histograms",
     "mutual_information",
     "label_mi",
@@ -199,16 +201,26 @@ def uncertainty(history: torch.Tensor, seen: torch.Tensor, lam: float = 0.5, tau
     return u, to_bins(u, tau)
 
 
-def joint_histograms(bins: torch.Tensor, tau: int, dtype: torch.dtype = torch.float64):
-    """All q x q joint histograms of the binned columns, ``(q, q, tau, tau)`` counts.
-
-    Counts ``N_ab(k, l) = #{i : bins[i, a] = k and bins[i, b] = l}`` as the Gram matrix of the
-    ``(n, q*tau)`` one-hot matrix. float64 keeps the counts exact up to 2^53 rows.
-    """
+def one_hot_bins(bins: torch.Tensor, tau: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The ``(n, q tau)`` one-hot matrix of the binned columns: column ``a tau + k`` is 1 where
+    ``bins[:, a] = k``."""
     n, q = bins.shape
-    onehot = torch.nn.functional.one_hot(bins.long(), tau).reshape(n, q * tau).to(dtype)
-    counts = onehot.T @ onehot
-    return counts.reshape(q, tau, q, tau).permute(0, 2, 1, 3)
+    return torch.nn.functional.one_hot(bins.long(), tau).reshape(n, q * tau).to(dtype)
+
+
+def joint_counts(onehot: torch.Tensor, tau: int, a0: int = 0, a1: int | None = None) -> torch.Tensor:
+    """Joint histograms ``N_ab(k, l) = #{i : bins[i, a] = k and bins[i, b] = l}`` of labels
+    ``a0:a1`` against every label, ``(a1 - a0, q, tau, tau)``, as a block of the Gram matrix of
+    :func:`one_hot_bins` (exact in its dtype: float64 up to 2^53 rows, float32 up to 2^24)."""
+    q = onehot.shape[1] // tau
+    a1 = q if a1 is None else a1
+    counts = onehot[:, a0 * tau : a1 * tau].T @ onehot
+    return counts.reshape(a1 - a0, tau, q, tau).permute(0, 2, 1, 3)
+
+
+def joint_histograms(bins: torch.Tensor, tau: int, dtype: torch.dtype = torch.float64):
+    """All q x q joint histograms of the binned columns, ``(q, q, tau, tau)`` counts."""
+    return joint_counts(one_hot_bins(bins, tau, dtype), tau)
 
 
 def mutual_information(counts: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -242,16 +254,14 @@ def label_mi(
     ``rowsum=True``, the row sums ``c = C 1`` of shape ``(q,)``. Work is blocked over label
     rows so memory stays ``O(n q tau + block * q * tau^2)``.
     """
-    n, q = bins.shape
-    onehot = torch.nn.functional.one_hot(bins.long(), tau).reshape(n, q * tau).to(dtype)
+    q = bins.shape[1]
+    onehot = one_hot_bins(bins, tau, dtype)
     if block_labels is None:
         block_labels = max(1, min(q, (1 << 24) // max(1, q * tau * tau)))
     out = torch.empty((q,) if rowsum else (q, q), dtype=dtype, device=bins.device)
     for a0 in range(0, q, block_labels):
         a1 = min(q, a0 + block_labels)
-        counts = onehot[:, a0 * tau : a1 * tau].T @ onehot  # (B*tau, q*tau)
-        counts = counts.reshape(a1 - a0, tau, q, tau).permute(0, 2, 1, 3)
-        mi = mutual_information(counts, dtype)  # (B, q)
+        mi = mutual_information(joint_counts(onehot, tau, a0, a1), dtype)  # (B, q)
         rows = torch.arange(a1 - a0, device=bins.device)
         mi[rows, rows + a0] = 1.0
         out[a0:a1] = mi.sum(dim=1) if rowsum else mi
@@ -263,16 +273,20 @@ def weights(u: torch.Tensor, c: torch.Tensor, dtype=torch.float32) -> torch.Tens
     return u.to(dtype) @ c.to(dtype)
 
 
-def normalise(w: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+def normalise(w: torch.Tensor, seen: torch.Tensor, bounds: tuple | None = None) -> torch.Tensor:
     """Min-max normalisation over observed samples; never-observed samples get ``z = 1``.
 
     If every observed ``w`` is equal, the observed samples get ``z = 0`` (uniform selection).
+    ``bounds``: the ``(min, max)`` of ``w`` over the observed samples of a larger set (every
+    rank's, :mod:`ubs_kernels.distributed`), None when nothing there was observed.
     """
     observed = seen > 0
-    if not bool(observed.any()):
+    if bounds is None and bool(observed.any()):
+        wo = w[observed]
+        bounds = (wo.min(), wo.max())
+    if bounds is None:
         return torch.ones_like(w)
-    wo = w[observed]
-    lo, hi = wo.min(), wo.max()
+    lo, hi = bounds
     span = hi - lo
     z = (w - lo) / span if bool(span > 0) else torch.zeros_like(w)
     return torch.where(observed, z, torch.ones_like(w))
