@@ -112,8 +112,7 @@ def time_call(fn: Callable[[], object], device: str = "cpu", min_run_time: float
     first = time.perf_counter() - t0
     if first > SLOW_CALL_S and device == "cuda":
         # On a GPU a slow first call is usually compilation (Triton's JIT, module loading), not
-        # the call: it decides nothing. Counting it made Triton's label_mi at 5000 x 374, the
-        # first size of a sweep, read 2.66 s where the call takes about 2 ms.
+        # the call: the second one decides (bench/RESULTS.md, Triton's label_mi).
         t0 = time.perf_counter()
         fn()
         _sync(device)
