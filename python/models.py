@@ -227,6 +227,16 @@ def gumbel_sigmoid_hard(
     return hard + soft - soft.detach(), soft
 
 
+def gated_kl(mu: torch.Tensor, logvar: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, (g sigma)^2) || N(0, 1))`` summed over the latent dimensions: ``(b, k), (b, k), (q, k) -> (b, q)``.
+
+    Label j's perturbed latent of one sample has mean ``mu`` and standard deviation ``g_j sigma``,
+    ``sigma = exp(logvar / 2)``.
+    """
+    var = torch.exp(logvar)[:, None, :] * gates[None, :, :] ** 2
+    return 0.5 * (var + mu[:, None, :] ** 2 - 1 - torch.log(var + 1e-12)).sum(-1)
+
+
 class DELA(nn.Module):
     """DELA: perturbation of each label's non-informative latent dimensions, chosen by Concrete gates.
 
@@ -291,12 +301,7 @@ class DELA(nn.Module):
         h = F.relu(self.dec_x(x)[:, None, :] + self.dec_z(z))
         logits = self.classifier(self.dec_out(h))
         cls = F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(x)  # summed over labels
-        # KL( N(mu, (g sigma)^2) || N(0, 1) ) per (sample, label), summed over the latent dimensions
-        g2 = gates[None, :, :] ** 2
-        kl = 0.5 * (
-            -logvar[:, None, :] - torch.log(g2 + 1e-12) - 1 + torch.exp(logvar)[:, None, :] * g2 + mu[:, None, :] ** 2
-        )
-        return cls + self.beta * kl.sum(-1).mean(), logits
+        return cls + self.beta * gated_kl(mu, logvar, gates).mean(), logits
 
 
 # --------------------------------------------------------------------------------------------

@@ -538,6 +538,18 @@ def run_config(args, ds: datamod.MultiLabelData) -> training.RunConfig:
     )
 
 
+def source_version() -> dict:
+    """The commit the run's code comes from, and whether the library or the drivers differed from it."""
+    import subprocess
+
+    def git(*cmd):
+        done = subprocess.run(["git", *cmd], cwd=common.REPO_ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    changed = git("status", "--porcelain", "ubs_kernels", "csrc", "python")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted": changed}
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     out_dir = Path(args.out)
@@ -578,6 +590,7 @@ def main(argv=None) -> None:
         "argv": sys.argv,
         "args": vars(args),
         "device": str(device),
+        "source": source_version(),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
