@@ -10,9 +10,9 @@ NATIVE_SOURCES := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.t
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 # One try and a short timeout: offline, a failed install falls back at once (see $(STAMP)).
 PIP_QUIET := --retries 1 --timeout 10
-# pytest-xdist where it is installed (a GPU image has it): the whole suite on every core.
+# pytest-xdist (a test extra; a GPU image has it too): the suite on every core.
 XDIST = $(shell $(PY) -c "import xdist" 2>/dev/null && echo "-n $(JOBS)")
-JOBS ?= 8
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install demo test test-interpret test-gpu bench reproduce checkstyle format clean clean-all
 
@@ -41,12 +41,12 @@ demo: $(STAMP)
 
 # The whole CPU suite; Triton kernels run under the interpreter (test-interpret) as well.
 test: $(STAMP)
-	$(PYTEST) tests
+	$(PYTEST) $(XDIST) tests
 	$(MAKE) --no-print-directory test-interpret
 
 # Triton kernels on the CPU (TRITON_INTERPRET=1), small shapes; exit 5 = no such tests yet.
 test-interpret: $(STAMP)
-	TRITON_INTERPRET=1 $(PYTEST) -m interpreter tests || [ $$? -eq 5 ]
+	TRITON_INTERPRET=1 $(PYTEST) $(XDIST) -m interpreter tests || [ $$? -eq 5 ]
 
 # On a GPU machine: the whole suite (CPU and CUDA tests, in the CUDA build), in parallel where
 # pytest-xdist is installed. scripts/gpu_check.sh runs it with the GPU benchmarks.
