@@ -67,5 +67,7 @@ if [ "$WHAT" != tests ]; then
   timeout 120 $PY bench/bench_uncertainty.py "${B[@]}" --sizes 20000,1000 1000000,1000 >> "$LOG" 2>&1
   step "bench selection_log_probs"
   timeout 120 $PY bench/bench_selection_log_probs.py "${B[@]}" --sizes 20000,1000 1000000,1000 >> "$LOG" 2>&1
+  step "bench selector (n = 10^6, q = 1000, in a training loop)"
+  timeout 300 $PY bench/bench_selector.py --device cuda --out "$OUT/bench" --min-run-time 1 >> "$LOG" 2>&1
 fi
 step "done"
