@@ -8,8 +8,8 @@
 // few (the rows of consecutive labels are consecutive). One path per instruction set, chosen at
 // run time (isa.h): AVX-512 VPOPCNTDQ, POPCNT, portable.
 //
-// On the AVX-512 path the bitset rows must start on 64-byte boundaries: on the 2-core EPYC of
-// bench/ an AND+popcount+add on unaligned rows took ~0.65 ns, on aligned ones ~0.47 ns.
+// On the AVX-512 path the bitset rows start on 64-byte boundaries (loads that split cache lines
+// cost a third more per word; bench/RESULTS.md).
 #pragma once
 
 #include <array>
@@ -50,17 +50,9 @@ __attribute__((always_inline)) inline void tile_scalar(const uint64_t* A, const 
   }
 }
 
-// Set bits in W words (the marginals).
-__attribute__((always_inline)) inline int64_t count_scalar(const uint64_t* row, int64_t W) {
-  int64_t c = 0;
-  for (int64_t w = 0; w < W; ++w) c += __builtin_popcountll(row[w]);
-  return c;
-}
-
 // Any CPU: the compiler's generic popcount.
 struct Portable {
   static constexpr int kRows = 2, kCols = 4;
-  static int64_t count(const uint64_t* row, int64_t W) { return count_scalar(row, W); }
   template <int R, int C>
   static void tile(const uint64_t* A, const uint64_t* B, int64_t W, int64_t ldo, int64_t* out) {
     tile_scalar<R, C>(A, B, W, ldo, out);
@@ -71,9 +63,6 @@ struct Portable {
 // x86-64 with the POPCNT instruction (nearly all since 2008, but not guaranteed by the ABI).
 struct Popcnt {
   static constexpr int kRows = 2, kCols = 4;
-  __attribute__((target("popcnt"))) static int64_t count(const uint64_t* row, int64_t W) {
-    return count_scalar(row, W);
-  }
   template <int R, int C>
   __attribute__((target("popcnt"))) static void tile(const uint64_t* A, const uint64_t* B,
                                                      int64_t W, int64_t ldo, int64_t* out) {
@@ -139,21 +128,8 @@ constexpr auto tile_table(std::integer_sequence<int, R...>) {
       tile_row<Kernel, R + 1>(std::make_integer_sequence<int, Kernel::kCols>())...};
 }
 
-// Calls f(start, size) for a near-equal split of [0, n) into parts of at most m (9 by 8 is
-// 5 + 4, not 8 + 1).
-template <typename F>
-inline void split(int64_t n, int64_t m, F&& f) {
-  const int64_t parts = (n + m - 1) / m;
-  for (int64_t p = 0, start = 0; p < parts; ++p) {
-    const int64_t size = (n - start + (parts - p) - 1) / (parts - p);
-    f(start, size);
-    start += size;
-  }
-}
-
-// The kernels of one instruction set: every tile size up to rows x cols, and the bit count.
+// The kernels of one instruction set: every tile size up to rows x cols.
 struct Tiles {
-  int64_t (*count)(const uint64_t* row, int64_t W);
   int64_t rows, cols;  // the largest tile
   const TileFn* grid;  // grid[(r - 1) * cols + (c - 1)]: the r x c tile
   TileFn tile(int64_t r, int64_t c) const { return grid[(r - 1) * cols + (c - 1)]; }
@@ -163,7 +139,7 @@ template <class Kernel>
 inline Tiles make_tiles() {
   static constexpr auto table =
       tile_table<Kernel>(std::make_integer_sequence<int, Kernel::kRows>());
-  return {&Kernel::count, Kernel::kRows, Kernel::kCols, table[0].data()};
+  return {Kernel::kRows, Kernel::kCols, table[0].data()};
 }
 
 // The fastest path this CPU runs, capped by UBS_CPU_ISA (tests use it to run every path).

@@ -10,11 +10,9 @@
 // log2 is the Cephes logf polynomial on the mantissa, or on AVX-512 a table-based one with
 // fewer instructions; both stay within ~2e-7 of the float64 oracle for U (as torch's float32
 // reference does), and the bins agree with the reference except where U * tau sits on a bin
-// edge. The whole-matrix pass at n q = 1e8 was compute-bound before that log2 (each element
-// takes two logs): about 1.1 -> 0.8 ns per element per thread in cache. A 60 KB table of the
-// entropy of every float16 in [0, 1], one gather per vector instead of the two logs, was slower
-// on Zen 4 (that pass: 139 against 113 ms on two threads); only the AVX2 path gained (143
-// against 167 ms). Tried, not kept.
+// edge. Each element takes two logs, so the whole-matrix pass is compute-bound without a cheap
+// log2. A table of the entropy of every float16 in [0, 1] (one gather per vector instead of
+// the two logs) was tried and not kept: slower on AVX-512 (bench/RESULTS.md).
 #include "uncertainty_row.h"
 
 #include <algorithm>

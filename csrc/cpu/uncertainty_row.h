@@ -32,9 +32,9 @@ inline RowParams make_row_params(double lam, int64_t tau) {
 // Memory the next row will read, prefetched while this one is computed: with each vector of
 // labels j .. j + lanes, the lines of the same labels in the next row's ring (all T slots) and
 // probabilities, so the prefetches are spread over the row and cost an add each. to_l2: into
-// L2 only (observe, whose rows also read their probabilities: 1e5 x 1000 with a float16
-// history took 87 against 96 ms with the lines brought into L1; the whole-matrix uncertainty
-// pass, which reads only the ring, was 71 against 73 ms the other way round).
+// L2 only; observe, whose rows also read their probabilities, is faster so, the whole-matrix
+// uncertainty pass, which reads only the ring, faster with the lines brought into L1
+// (bench/RESULTS.md, observe step 4).
 struct Ahead {
   const void* ring = nullptr;   // T slots of q values of the history dtype
   const void* probs = nullptr;  // q values of probs_bytes each
