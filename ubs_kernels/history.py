@@ -115,11 +115,18 @@ class History:
     def _stage(self, indices, values, logits) -> None:
         b = indices.shape[0] if indices.dim() == 1 else 0
         if b > self.capacity:  # larger than the buffer: observed at once, U and bins included
-            if logits:
-                values = torch.sigmoid(_checks.check_logits(values, b, self.num_labels, self.device).float())
             self.apply()
             ops.observe(
-                self._rings, self._seen, self._u, self._bins, indices, values, self.lam, self.tau, backend=self.backend
+                self._rings,
+                self._seen,
+                self._u,
+                self._bins,
+                indices,
+                values,
+                self.lam,
+                self.tau,
+                backend=self.backend,
+                logits=logits,
             )
             return
         if self.pending + b > self.capacity:
@@ -137,10 +144,7 @@ class History:
         self.pending += b
 
     def _record(self, indices, values, logits) -> None:
-        if logits:  # record takes probabilities (it checks the rows itself)
-            b = indices.shape[0] if indices.dim() == 1 else -1
-            values = torch.sigmoid(_checks.check_logits(values, b, self.num_labels, self.device).float())
-        ops.record(self._rings, self._seen, indices, values, backend=self.backend)
+        ops.record(self._rings, self._seen, indices, values, backend=self.backend, logits=logits)
         self._stale = True
 
     # ------------------------------------------------------------------ reading the state

@@ -125,14 +125,18 @@ def _checks_values(backend: str) -> bool:
     return backend in ("torch", "triton") and not torch.compiler.is_compiling()
 
 
-def _checked_step(history, seen, indices, probs, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _checked_step(history, seen, indices, probs, backend: str, logits: bool = False):
     """One step's ``indices`` and ``probs`` against a checked state (values where
-    :func:`_checks_values`), the probabilities detached."""
+    :func:`_checks_values`), the probabilities detached; with ``logits``, ``probs`` holds
+    logits (no NaN; checked here whatever the backend) and their float32 sigmoid is returned."""
     n, q = history.shape[0], history.shape[2]
     values = _checks_values(backend)
     indices = _checks.check_indices(indices, n, history.device, values)
     if values:  # a negative count would address a slot outside the sample's ring
         _checks.check_seen_at(seen, indices, n)
+    if logits:
+        x = _checks.check_logits(probs, indices.numel(), q, history.device, not torch.compiler.is_compiling())
+        return indices, torch.sigmoid(x.detach().to(torch.float32))
     return indices, _checks.check_probs(probs, indices.numel(), q, history.device, values).detach()
 
 
@@ -146,6 +150,7 @@ def observe(
     lam: float = 0.5,
     tau: int = 10,
     backend: str | None = None,
+    logits: bool = False,
 ) -> None:
     """Record one training step's predictions and refresh those samples' U and bins.
 
@@ -160,13 +165,14 @@ def observe(
             bfloat16 or float64. Detached internally.
         lam: λ1 of Eq. 5, in [0, 1].
         tau: bins per label, in [2, 256].
+        logits: ``probs`` holds logits (anything but NaN): their float32 ``torch.sigmoid`` is observed.
 
     Raises ``TypeError``/``ValueError``/``IndexError`` naming the bad argument; nothing is
     written then.
     """
     _checks.check_state(history, seen, uncertainty, bins)
     chosen = resolve_backend("observe", history.device, backend)
-    indices, probs = _checked_step(history, seen, indices, probs, chosen)
+    indices, probs = _checked_step(history, seen, indices, probs, chosen, logits)
     lam, tau = _checks.check_lam(lam), _checks.check_tau(tau)
     if indices.numel() == 0:
         return
@@ -183,6 +189,7 @@ def record(
     indices: torch.Tensor,
     probs: torch.Tensor,
     backend: str | None = None,
+    logits: bool = False,
 ) -> None:
     """The ring write and count of :func:`observe` without refreshing U and the bins.
 
@@ -193,7 +200,7 @@ def record(
     """
     _checks.check_state(history, seen)
     chosen = resolve_backend("record", history.device, backend)
-    indices, probs = _checked_step(history, seen, indices, probs, chosen)
+    indices, probs = _checked_step(history, seen, indices, probs, chosen, logits)
     if indices.numel() == 0:
         return
     if chosen == "torch":
