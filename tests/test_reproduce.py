@@ -401,3 +401,35 @@ def test_table_flags_comparisons_made_in_warm_up_and_prints_the_paper_beside_our
     # the paper's Table 3 (CLIF) under each dataset's row, with its ranks among its six selectors
     assert "| ↳ paper | 0.9418 (6) | 0.9476 (1) | – |" in text
     assert "| ↳ paper | 0.7107 (5) | 0.7222 (1) | – |" in text
+
+
+@pytest.mark.parametrize("correlation", ["mi", "ones"])
+def test_correlation_effect_measures_the_p_the_selector_draws_from(correlation):
+    """training.correlation_effect recomputes P with C = MI and C = ones from the selector's U: the one the
+    selector uses must be its own sample_probabilities, and the TV distance between the two is 0 only if c is flat."""
+    import torch
+    import training
+
+    import ubs_kernels
+
+    torch.manual_seed(0)
+    n, q = 300, 6
+    sel = ubs_kernels.UncertaintyBatchSelector(
+        n, q, batch_size=50, epochs=6, warmup=2, label_correlation=correlation, seed=0
+    )
+    base = torch.rand(n, 1) * torch.ones(1, q)  # labels 0-2 move together, 3-5 independently
+    for _ in range(3):  # epochs 0-1 uniform, 2 selecting
+        for idx in sel:
+            probs = torch.rand(len(idx), q)
+            probs[:, :3] = base[idx, :3] * 0.5 + 0.5 * probs[:, :1]
+            sel.observe(idx, probs)
+    next(iter(sel))  # plans epoch 3
+    assert sel.selecting
+    u, seen = sel.uncertainty, sel.seen
+    c = sel.label_correlation_rowsums()
+    own = c if correlation == "mi" else torch.ones(q)
+    p_own = torch.softmax(ubs_kernels.ops.selection_log_probs(u, own, seen, sel.pressure(3)).double(), 0)
+    torch.testing.assert_close(sel.sample_probabilities.double(), p_own, rtol=1e-4, atol=1e-7)
+    effect = training.correlation_effect(sel, 3)
+    assert effect["c_cv"] == pytest.approx(float(c.double().std() / c.double().mean()), rel=1e-6)
+    assert effect["c_cv"] > 0.01 and 0.0 < effect["tv_mi_ones"] < 1.0
