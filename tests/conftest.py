@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 import ubs_kernels as ubs
+from ubs_kernels import reference
 
 # Every backend the public ops accept; the ones this build or machine lacks skip with a reason.
 ALL_BACKENDS = ("torch", "cpu", "triton", "cuda")
@@ -37,21 +40,39 @@ def device(request) -> str:
     return request.param
 
 
-def device_backends(*backends: str) -> list:
+def device_backends(
+    *backends: str, devices: tuple[str, ...] = ("cpu", "cuda"), cases=None, interpreter_cases=None
+) -> list:
     """``(device, backend)`` pairs for ``@pytest.mark.parametrize(("device", "backend"), ...)``:
-    each backend on each device it can serve (the native "cpu" kernels on the CPU, the "cuda"
-    ones on CUDA; torch and Triton on both), marked and skipped as :func:`backend_params` and
-    :func:`cuda_param` do."""
+    each backend on each of ``devices`` it can serve (the native "cpu" kernels on the CPU, the
+    "cuda" ones on CUDA; torch and Triton on both), marked and skipped as :func:`backend_params`
+    and :func:`cuda_param` do.
+
+    With ``cases`` (tuples of further argument values), each pair is repeated with every case
+    appended: ``(device, backend, *case)``. Triton on the CPU, which the interpreter runs about a
+    thousand times slower, takes ``interpreter_cases`` instead where they are given."""
     params = []
-    for device in ("cpu", "cuda"):
+    for device in devices:
         for b in backends or ALL_BACKENDS:
             if b in ("cpu", "cuda") and b != device:
                 continue
-            marks = [pytest.mark.interpreter] if b == "triton" and device == "cpu" else []
+            interpreted = b == "triton" and device == "cpu"
+            marks = [pytest.mark.interpreter] if interpreted else []
             if device == "cuda":
                 marks += [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
-            params.append(pytest.param(device, b, marks=marks, id=f"{device}-{b}"))
+            if cases is None:
+                params.append(pytest.param(device, b, marks=marks, id=f"{device}-{b}"))
+                continue
+            for case in interpreter_cases if interpreted and interpreter_cases is not None else cases:
+                ids = "-".join(str(v).removeprefix("torch.") for v in case)
+                params.append(pytest.param(device, b, *case, marks=marks, id=f"{device}-{b}-{ids}"))
     return params
+
+
+def registered_op(op: str, backend: str):
+    """The kernel ``ubs_kernels.ops`` calls for ``backend`` ("cpu", "cuda" or "triton"), called
+    directly: ``torch.ops.ubs_kernels.<op>``, or ``<op>_triton``. No Python checks run before it."""
+    return getattr(torch.ops.ubs_kernels, f"{op}_triton" if backend == "triton" else op)
 
 
 def on(x, device):
@@ -87,6 +108,53 @@ def numpy_uncertainty(predictions: list[np.ndarray], T: int, lam: float) -> np.n
     with np.errstate(divide="ignore", invalid="ignore"):
         e = -(np.where(p > 0, p * np.log2(p), 0.0) + np.where(p < 1, (1 - p) * np.log2(1 - p), 0.0))
     return lam * d + (1 - lam) * e
+
+
+def numpy_log_probs(u: torch.Tensor, c: torch.Tensor, seen: torch.Tensor, s: float) -> np.ndarray:
+    """docs/spec.md Eq. 7-10 in float64 numpy: ``w = U c`` (literally ``w = (U C) 1`` when ``c``
+    is the q x q matrix C), z min-max normalised over the observed samples (1 for the others),
+    ``Q = floor((1 - z) n)``, and log P."""
+    u, c, seen = u.double().cpu().numpy(), c.double().cpu().numpy(), seen.cpu().numpy()
+    n = u.shape[0]
+    w = (u @ c).sum(axis=1) if c.ndim == 2 else u @ c
+    obs = seen > 0
+    z = np.ones(n)
+    if obs.any():
+        lo, hi = w[obs].min(), w[obs].max()
+        z[obs] = (w[obs] - lo) / (hi - lo) if hi > lo else 0.0
+    logits = -np.log(s) * np.floor((1 - z) * n) / n
+    return logits - np.logaddexp.reduce(logits)
+
+
+def sklearn_matrix(bins: torch.Tensor) -> np.ndarray:
+    """docs/spec.md Eq. 6 by ``sklearn.metrics.mutual_info_score`` on every pair of columns
+    (float64), with the diagonal 1; all 0 off the diagonal when there are no rows."""
+    from sklearn.metrics import mutual_info_score  # noqa: PLC0415  (only the label_mi tests need it)
+
+    b = bins.cpu().numpy()
+    q = b.shape[1]
+    out = np.eye(q)
+    for i, j in itertools.combinations(range(q), 2):
+        out[i, j] = out[j, i] = mutual_info_score(b[:, i], b[:, j]) if b.shape[0] else 0.0
+    return out
+
+
+def correlated_bins(n: int, q: int, tau: int, seed: int, *, heavy: bool = True) -> torch.Tensor:
+    """Bins of a noisy rank-2 U in [0, 1): columns share structure, so MI is far from 0.
+
+    ``heavy``: column 1 copies column 0 and the first n // 5 rows sit in the last bin, so the
+    joint tables have a heavy diagonal and a populated (tau-1, tau-1) cell."""
+    if n == 0:
+        return torch.empty(0, q, dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(seed)
+    factors = torch.rand(n, 2, generator=gen) @ torch.rand(2, q, generator=gen)
+    u = (factors / factors.max() + 0.3 * torch.rand(n, q, generator=gen)) / 1.3
+    bins = reference.to_bins(u, tau)
+    if heavy:
+        if q > 1:
+            bins[:, 1] = bins[:, 0]
+        bins[: n // 5] = tau - 1
+    return bins
 
 
 def assert_bins_match(bins: torch.Tensor, u_ref: np.ndarray, tau: int, tol: float = 1e-4) -> None:

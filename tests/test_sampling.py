@@ -159,13 +159,3 @@ def test_native_plan_checks_for_itself(log_p, match):
     require_backend("plan_weighted", "cpu")
     with pytest.raises(ValueError, match=match):
         torch.ops.ubs_kernels.plan_weighted(log_p, 2, 3, sampling.epoch_generator(0, 0))
-
-
-def test_opcheck_native_plan():
-    require_backend("plan_weighted", "cpu")
-    log_p = torch.randn(200, generator=torch.Generator().manual_seed(0))
-    torch.library.opcheck(
-        torch.ops.ubs_kernels.plan_weighted.default,
-        (log_p, 16, 5, sampling.epoch_generator(0, 0)),
-        test_utils=("test_schema", "test_faketensor"),
-    )

@@ -1,7 +1,9 @@
-"""The native selection_log_probs kernel (docs/spec.md Eq. 7-10): Q, log P, argument checks.
+"""Weights and selection probabilities (docs/spec.md Eq. 7-10) and the pressure schedule
+(Eq. 11), on every backend and device.
 
-The backend-parametrised comparisons against numpy live in test_selection.py; here the
-native op is held to the reference's exact steps: float32 w and z, Q in double from z.
+Oracle: Eq. 7-10 in float64 numpy (conftest.numpy_log_probs), to one quantisation step. The
+native CPU kernel is also held to the reference's exact steps: float32 w and z, Q in double from
+z. Triton on the CPU runs under the interpreter; the CUDA cases are marked ``gpu``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,99 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import require_backend
+from conftest import device_backends, numpy_log_probs, require_backend
 
 import ubs_kernels as ubs
 from ubs_kernels import reference
+
+
+def selection_inputs(n, q, seed, unobserved):
+    """U, a symmetric C with unit diagonal (as label_mi gives) and counts with ``unobserved``
+    samples never seen. Their rows of U alternate between 0 and 1, so their weights lie below
+    and above every observed one: the normalisation must leave them out."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, q, generator=gen)
+    seen = torch.randint(1, 9, (n,), generator=gen)
+    never = torch.randperm(n, generator=gen)[:unobserved]
+    seen[never] = 0
+    u[never] = (torch.arange(never.numel()) % 2).float()[:, None]
+    A = torch.rand(q, q, generator=gen)
+    C = (A + A.T) / 4
+    C.fill_diagonal_(1.0)
+    return u, C, seen
+
+
+# (n, q, unobserved): n not a multiple of a block, q = 1, n = 1, every sample unobserved.
+SHAPES = [(300, 9, 20), (301, 64, 0), (1, 3, 0), (5, 2, 5), (1500, 9, 30), (7, 1, 0)]
+
+
+@pytest.mark.parametrize(("device", "backend", "n", "q", "unobserved"), device_backends(cases=SHAPES))
+@pytest.mark.parametrize("s", [1.0, 2.0, 100.0])
+def test_log_probs_match_numpy(device, backend, n, q, unobserved, s):
+    require_backend("selection_log_probs", backend, device)
+    u, C, seen = selection_inputs(n, q, n + q, unobserved)
+    check_log_probs(u, C, seen, s, device, backend, sum_tol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("device", "backend", "n", "q", "unobserved"),
+    device_backends("torch", "cuda", "triton", devices=("cuda",), cases=[(200_000, 300, 1000), (1_000_003, 100, 1000)]),
+)
+@pytest.mark.parametrize("s", [1.0, 2.0, 100.0])
+def test_log_probs_large(device, backend, n, q, unobserved, s):
+    require_backend("selection_log_probs", backend, device)
+    u, C, seen = selection_inputs(n, q, 3, unobserved)
+    check_log_probs(u, C, seen, s, device, backend, sum_tol=1e-4 if n > 500_000 else 1e-5)
+
+
+def check_log_probs(u, C, seen, s, device, backend, sum_tol):
+    n = u.shape[0]
+    args = (u.to(device), C.sum(1).to(device), seen.to(device), s)
+    logp = ubs.selection_log_probs(*args, backend=backend)
+    assert logp.dtype == torch.float32 and logp.shape == (n,) and logp.device.type == torch.device(device).type
+    # One quantisation step (Q off by 1 at an exact boundary) moves log P by ln(s)/n.
+    np.testing.assert_allclose(logp.cpu().numpy(), numpy_log_probs(u, C, seen, s), rtol=0, atol=math.log(s) / n + 1e-5)
+    assert logp.double().exp().sum().item() == pytest.approx(1.0, abs=sum_tol)
+    assert torch.equal(ubs.selection_log_probs(*args, backend=backend), logp)  # deterministic
+
+
+@pytest.mark.parametrize(("device", "backend"), device_backends())
+@pytest.mark.parametrize("q", [5, 9])
+def test_pressure_ratio_and_unobserved_first(device, backend, q):
+    require_backend("selection_log_probs", backend, device)
+    u, C, seen = selection_inputs(300, q, q, 20)
+    s = 100.0
+    p = ubs.selection_log_probs(u.to(device), C.sum(1).to(device), seen.to(device), s, backend=backend).exp().cpu()
+    # z spans [0, 1] over the observed samples, so Q spans [0, n] and max/min P = s.
+    assert (p.max() / p.min()).item() == pytest.approx(s, rel=1e-4)
+    assert torch.all(p[seen == 0] == p.max()), "never-observed samples must get the largest P"
+
+
+@pytest.mark.parametrize(("device", "backend"), device_backends())
+@pytest.mark.parametrize(("n", "q"), [(50, 4), (40, 3)])
+def test_all_equal_weights_give_uniform_selection(device, backend, n, q):
+    require_backend("selection_log_probs", backend, device)
+    u, c = torch.full((n, q), 0.25, device=device), torch.ones(q, device=device)
+    for seen in (torch.ones(n, dtype=torch.long, device=device), torch.zeros(n, dtype=torch.long, device=device)):
+        p = ubs.selection_log_probs(u, c, seen, 100.0, backend=backend).exp()
+        torch.testing.assert_close(p, torch.full((n,), 1.0 / n, device=device))
+
+
+def test_pressure_schedule_eq11():
+    s0, warmup, epochs = 100.0, 5, 100
+    values = [ubs.selection_pressure(t, s0, warmup, epochs) for t in range(0, epochs + 5)]
+    assert values[warmup] == pytest.approx(s0)
+    assert values[epochs] == pytest.approx(1.0) and values[-1] == 1.0
+    decay = values[warmup : epochs + 1]
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
+    # Exponential: constant ratio between epochs, (1/s0)^(1/(E - warmup)).
+    ratios = np.array(decay[1:]) / np.array(decay[:-1])
+    np.testing.assert_allclose(ratios, (1 / s0) ** (1 / (epochs - warmup)), rtol=1e-12)
+    t = 40
+    assert values[t] == pytest.approx(s0 * math.exp(math.log(1 / s0) / (epochs - warmup)) ** (t - warmup))
+
+
+# ---------------------------------------------------------------- the native CPU kernel
 
 ISAS = ["auto", "avx512", "avx2", "portable"]
 
@@ -127,20 +218,3 @@ def test_native_op_checks_for_itself(args, exc, match):
     require_backend("selection_log_probs", "cpu")
     with pytest.raises(exc, match=match):
         torch.ops.ubs_kernels.selection_log_probs(*args)
-
-
-def test_opcheck_native_selection_log_probs():
-    require_backend("selection_log_probs", "cpu")
-    u, c, seen = dyadic_inputs(64, 7, seed=3)
-    torch.library.opcheck(torch.ops.ubs_kernels.selection_log_probs.default, (u, c, seen, 30.0))
-
-
-def test_compile_fullgraph_native_selection_log_probs():
-    require_backend("selection_log_probs", "cpu")
-    u, c, seen = dyadic_inputs(64, 7, seed=4)
-
-    def f(u, c, seen):
-        return torch.ops.ubs_kernels.selection_log_probs(u, c, seen, 30.0).exp()
-
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(u, c, seen), f(u, c, seen))

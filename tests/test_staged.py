@@ -232,18 +232,6 @@ def test_staged_negative_zero_is_accepted():
     assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
 
 
-@pytest.mark.parametrize("history_dtype", [torch.float16, torch.float32])
-def test_opcheck_native_stage_and_observe_staged(history_dtype):
-    require_backend("observe_staged", "cpu")
-    gen = torch.Generator().manual_seed(0)
-    sidx, sprobs = torch.zeros(20, dtype=torch.int64), torch.zeros(20, 6, dtype=history_dtype)
-    stage_args = (sidx, sprobs, 4, torch.randperm(20, generator=gen)[:8], torch.rand(8, 6, generator=gen), 20)
-    torch.library.opcheck(torch.ops.ubs_kernels.stage.default, stage_args)
-    state = make_state(20, 3, 6, history_dtype)
-    staged = (torch.randint(0, 20, (30,), generator=gen), torch.rand(30, 6, generator=gen).to(history_dtype))
-    torch.library.opcheck(torch.ops.ubs_kernels.observe_staged.default, (*state, *staged, 0.5, 10))
-
-
 LOGITS = torch.tensor(
     [[-float("inf"), -100.0, -88.7, -87.3, -20.0, -1e-8, -0.0],
      [0.0, 1e-8, 0.5, 3.0, 20.0, 88.7, float("inf")]]
