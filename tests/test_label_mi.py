@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import platform
 
 import numpy as np
 import pytest
@@ -53,6 +54,11 @@ def adversarial_cases():
 
 CASES = adversarial_cases()
 
+# UBS_CPU_ISA caps of this architecture (csrc/cpu/isa_levels.h); a cap the CPU lacks falls to the
+# next path it has, so every value runs everywhere.
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+ISA_CAPS = ["avx512", "avx2", "popcnt", "portable"] if X86 else ["neon", "portable"]
+
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_reference_equals_sklearn_float64(case):
@@ -77,10 +83,11 @@ def test_label_mi_backend_equals_sklearn(backend, case):
     np.testing.assert_allclose(c.numpy(), expected.sum(1), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("isa", ["auto", "avx512", "popcnt", "portable"])
+@pytest.mark.parametrize("isa", ["auto", *ISA_CAPS])
 @pytest.mark.parametrize(("n", "q", "tau"), [(64, 3, 10), (513, 9, 10), (4099, 17, 7), (1000, 5, 256), (3, 40, 2)])
 def test_native_cpu_isa_paths(monkeypatch, isa, n, q, tau):
-    """Every popcount path: AVX-512 VPOPCNTDQ and POPCNT where the CPU has them, and the portable one."""
+    """Every popcount path: AVX-512 VPOPCNTDQ, AVX2, POPCNT (NEON on Arm) where the CPU has them,
+    and the portable one."""
     require_backend("label_mi", "cpu")
     monkeypatch.setenv("UBS_CPU_ISA", isa)
     bins = correlated_bins(n, q, tau, seed=n + q)
@@ -99,11 +106,33 @@ def test_native_row_sums_are_deterministic():
         assert torch.equal(ubs.label_mi(bins, 10, rowsum=True, backend="cpu"), first)
 
 
-def test_native_label_mi_rejects_unknown_isa(monkeypatch):
+@pytest.mark.parametrize("name", ["sse9", "neon" if X86 else "avx2"])
+def test_native_label_mi_rejects_unknown_isa(monkeypatch, name):
+    """A name that is not a path of this architecture is refused, naming the accepted ones."""
     require_backend("label_mi", "cpu")
-    monkeypatch.setenv("UBS_CPU_ISA", "sse9")
-    with pytest.raises(ValueError, match="UBS_CPU_ISA"):
+    monkeypatch.setenv("UBS_CPU_ISA", name)
+    with pytest.raises(ValueError, match="UBS_CPU_ISA must be auto, .* on this CPU architecture"):
         ubs.label_mi(torch.zeros(4, 3, dtype=torch.uint8), 10, backend="cpu")
+
+
+def test_native_label_mi_reports_its_path(monkeypatch):
+    """label_mi_isa() names the pair-counting path: the highest at or below an explicit cap, and
+    with auto one of the paths this CPU runs (the fastest measured); every cap gives the same bits."""
+    require_backend("label_mi", "cpu")
+    bins = correlated_bins(700, 30, 10, 9)
+    paths, sums = {}, {}
+    for cap in ISA_CAPS:
+        monkeypatch.setenv("UBS_CPU_ISA", cap)
+        paths[cap] = torch.ops.ubs_kernels.label_mi_isa()
+        sums[cap] = ubs.label_mi(bins, 10, rowsum=True, backend="cpu")
+    order = ISA_CAPS  # highest first
+    for cap, path in paths.items():
+        assert path in order[order.index(cap) :], (cap, path)  # never above the cap
+    assert paths["portable"] == "portable"
+    monkeypatch.setenv("UBS_CPU_ISA", "auto")
+    assert torch.ops.ubs_kernels.label_mi_isa() in set(paths.values())
+    first = next(iter(sums.values()))
+    assert all(torch.equal(s, first) for s in sums.values())
 
 
 def test_native_label_mi_checks_for_itself():

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import require_backend
-from test_label_mi import correlated_bins, sklearn_matrix
+from test_label_mi import ISA_CAPS, correlated_bins, sklearn_matrix
 
 import ubs_kernels as ubs
 
 
-@pytest.mark.parametrize("isa", ["auto", "popcnt"])
+@pytest.mark.parametrize("isa", ["auto", *ISA_CAPS[1:]])
 def test_many_block_pairs_match_sklearn(monkeypatch, isa):
     """tau = 128, n = 4000: 127 bitsets of 64 words per label, so 5 labels per block and
     12 blocks (78 block pairs) for q = 60."""
@@ -59,24 +59,25 @@ def _bins_using(occupancy: list[int], n: int, tau: int, seed: int) -> torch.Tens
 @pytest.mark.parametrize("occupancy", ["2", "3", "4", "5", "7", "mixed"])
 def test_few_bins_tiles_span_label_pairs(monkeypatch, occupancy):
     """A label occupying m bins keeps m - 1 bitsets; labels with equal counts are neighbours,
-    and one register tile covers several pairs when their bitsets fit it (AVX-512: 3 x 8 rows;
-    POPCNT/portable: 2 x 4), or several tiles cover one pair. q = 61 gives 8 label blocks (one
-    partial), so groups are cut at block ends, on the diagonal and, in "mixed" (1 to 7 bins per
-    label, constant labels too), where the bin count changes. Every path equals sklearn, and the
-    row sums are the same bits on every path (pairs are visited in the same order)."""
+    and one register tile covers several pairs when their bitsets fit it (AVX-512 and NEON: 3 x 8
+    rows; POPCNT: 2 x 4; AVX2: 1 x 3; portable: 1 x 4), or several tiles cover one pair. q = 61
+    gives 8 label blocks (one partial), so groups are cut at block ends, on the diagonal and, in
+    "mixed" (1 to 7 bins per label, constant labels too), where the bin count changes. Every path
+    equals sklearn, and the row sums are the same bits on every path (pairs are visited in the same
+    order)."""
     require_backend("label_mi", "cpu")
     rng = np.random.default_rng(len(occupancy))
     m = rng.integers(1, 8, 61).tolist() if occupancy == "mixed" else [int(occupancy)] * 61
     bins = _bins_using(m, 777, 10, seed=len(m) + m[0])
     expected = sklearn_matrix(bins)
     sums = {}
-    for isa in ("avx512", "popcnt", "portable"):
+    for isa in ISA_CAPS:
         monkeypatch.setenv("UBS_CPU_ISA", isa)
         got = ubs.label_mi(bins, 10, backend="cpu").double().numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=isa)
         sums[isa] = ubs.label_mi(bins, 10, rowsum=True, backend="cpu")
         np.testing.assert_allclose(sums[isa].double().numpy(), expected.sum(1), rtol=1e-5, atol=1e-5)
-    assert torch.equal(sums["avx512"], sums["popcnt"]) and torch.equal(sums["popcnt"], sums["portable"])
+    assert all(torch.equal(sums[isa], sums["portable"]) for isa in ISA_CAPS)
 
 
 def _bins_with_rare(n: int, q: int, tau: int, seed: int) -> torch.Tensor:
@@ -111,13 +112,13 @@ def test_rare_bins_counted_from_rows(monkeypatch, n, q, tau):
     bins = _bins_with_rare(n, q, tau, seed=q + tau)
     expected = sklearn_matrix(bins)
     sums = {}
-    for isa in ("avx512", "popcnt", "portable"):
+    for isa in ISA_CAPS:
         monkeypatch.setenv("UBS_CPU_ISA", isa)
         got = ubs.label_mi(bins, tau, backend="cpu").double().numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=isa)
         sums[isa] = ubs.label_mi(bins, tau, rowsum=True, backend="cpu")
         np.testing.assert_allclose(sums[isa].double().numpy(), expected.sum(1), rtol=1e-5, atol=1e-5)
-    assert torch.equal(sums["avx512"], sums["popcnt"]) and torch.equal(sums["popcnt"], sums["portable"])
+    assert all(torch.equal(sums[isa], sums["portable"]) for isa in ISA_CAPS)
 
 
 @pytest.mark.parametrize("active", [0, 1, 2, 9, 40])

@@ -2,43 +2,34 @@
 //
 // The extension is compiled for the baseline ABI only (no global -m flags), so one build runs
 // on any x86-64 CPU; fast paths carry per-function target attributes and are chosen at run
-// time. UBS_CPU_ISA=auto|avx512|avx2|popcnt|portable caps the choice (tests use it to run every
-// path on one machine); each kernel then also checks that the CPU has what its path needs.
+// time. UBS_CPU_ISA caps the choice (tests use it to run every path on one machine): auto,
+// avx512, avx2, popcnt, portable on x86-64; auto, neon, portable on AArch64. Each kernel then
+// also checks that the CPU has what its path needs. With auto, a kernel whose paths give the
+// same bits may choose among them by measurement (label_mi); the others take the highest.
 #pragma once
 
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
-#include <string>
+#include <cstring>
+
+#include "isa_levels.h"
 
 namespace ubs_kernels::cpu {
-
-// Ordered: a cap allows its level and every level below it.
-enum class Isa { kPortable = 0, kPopcnt = 1, kAvx2 = 2, kAvx512 = 3 };
-
-inline const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kAvx2:
-      return "avx2";
-    case Isa::kPopcnt:
-      return "popcnt";
-    default:
-      return "portable";
-  }
-}
 
 // Read on every call (cheap), so a test can change the variable between calls.
 inline Isa isa_cap() {
   const char* env = std::getenv("UBS_CPU_ISA");
-  const std::string cap = env != nullptr ? env : "auto";
-  if (cap == "auto" || cap == "avx512") return Isa::kAvx512;
-  if (cap == "avx2") return Isa::kAvx2;
-  if (cap == "popcnt") return Isa::kPopcnt;
-  TORCH_CHECK_VALUE(cap == "portable",
-                    "UBS_CPU_ISA must be auto, avx512, avx2, popcnt or portable, got ", cap);
-  return Isa::kPortable;
+  Isa cap = kBestIsa;
+  TORCH_CHECK_VALUE(env == nullptr || parse_isa(env, &cap), "UBS_CPU_ISA must be ", kIsaNames,
+                    " on this CPU architecture, got ", env);
+  return cap;
+}
+
+// True when UBS_CPU_ISA is unset or "auto": no path was asked for.
+inline bool isa_auto() {
+  const char* env = std::getenv("UBS_CPU_ISA");
+  return env == nullptr || std::strcmp(env, "auto") == 0;
 }
 
 }  // namespace ubs_kernels::cpu

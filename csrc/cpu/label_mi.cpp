@@ -23,17 +23,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "checks.h"
 #include "huge_pages.h"
+#include "isa.h"
 #include "label_mi_prep.h"
 #include "label_mi_tiles.h"
 
 namespace ubs_kernels::cpu {
 namespace {
 
+using label_mi_prep::Level;
 using label_mi_tiles::kLanes;
 using label_mi_tiles::Tiles;
 
@@ -69,7 +72,7 @@ struct Plan {
   const uint8_t* bp = nullptr;
   int64_t W = 0, Wp = 0;  // 64-sample words per bitset, padded to whole vectors
   int64_t qp = 0;         // q padded to 64: the row length of a row-scan table
-  bool simd = false;      // the AVX-512BW passes over the bins
+  label_mi_prep::Level prep = label_mi_prep::Level::kPortable;  // of the passes over the bins
 
   // bin_counts: counts[a * (tau + 1) + v], samples of label a in bin v (slot tau: out of range).
   std::vector<int64_t> counts;
@@ -117,8 +120,12 @@ void bin_counts(Plan& p) {
       const int64_t m = std::min<int64_t>(64, q - a0);
       int64_t* h = &p.counts[a0 * slots];
 #ifdef UBS_PREP_X86
-      if (p.simd && p.tau <= label_mi_prep::kMaxSimdTau) {
-        label_mi_prep::bin_counts_avx512(p.bp, p.n, q, a0, m, p.tau, h);
+      if (p.prep != Level::kPortable && p.tau <= label_mi_prep::kMaxSimdTau) {
+        if (p.prep == Level::kAvx512bw) {
+          label_mi_prep::bin_counts_avx512(p.bp, p.n, q, a0, m, p.tau, h);
+        } else {
+          label_mi_prep::bin_counts_avx2(p.bp, p.n, q, a0, m, p.tau, h);
+        }
         continue;
       }
 #endif
@@ -316,7 +323,7 @@ Stored make_bitsets(const Plan& p, const at::TensorOptions& options) {
       sbits[(p.soff[a] + k - p.Da[a]) * Wp + w] = word;
     }
   };
-  if (!p.simd) {
+  if (p.prep != Level::kAvx512bw) {
     bitsets_portable(p, put);
     return s;
   }
@@ -343,7 +350,7 @@ void scan_sparse_rows(const Plan& p, Stored& s, const at::TensorOptions& options
   s.table_storage = at::zeros({p.soff[p.q] * s.table}, options);
   s.tables = s.table_storage.data_ptr<uint8_t>();
 #ifdef UBS_PREP_X86
-  const bool simd_scan = p.simd && p.tau <= 64;
+  const Level scan = p.tau <= 64 ? p.prep : Level::kPortable;
 #endif
   at::parallel_for(0, p.q, 1, [&](int64_t a0, int64_t a1) {
     for (int64_t a = a0; a < a1; ++a) {
@@ -354,8 +361,12 @@ void scan_sparse_rows(const Plan& p, Stored& s, const at::TensorOptions& options
           for (uint64_t word = row[w]; word != 0; word &= word - 1) {
             const uint8_t* sample = p.bp + (w * 64 + __builtin_ctzll(word)) * p.q;
 #ifdef UBS_PREP_X86
-            if (simd_scan) {
+            if (scan == Level::kAvx512bw) {
               label_mi_prep::scan_row_avx512(sample, p.q, p.qp, p.tau, t);
+              continue;
+            }
+            if (scan == Level::kAvx2) {
+              label_mi_prep::scan_row_avx2(sample, p.q, p.qp, p.tau, t);
               continue;
             }
 #endif
@@ -560,9 +571,8 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
   p.W = (p.n + 63) / 64;
   p.Wp = (p.W + kLanes - 1) / kLanes * kLanes;
   p.qp = (p.q + 63) / 64 * 64;
-#ifdef UBS_PREP_X86
-  p.simd = label_mi_prep::avx512bw();
-#endif
+  const Isa cap = isa_cap();
+  p.prep = label_mi_prep::level(cap);
   bin_counts(p);
   rename_bins(p);
   choose_sparse_names(p);
@@ -570,7 +580,7 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
   Stored s = make_bitsets(p, bins.options());
   scan_sparse_rows(p, s, bins.options());
   plan_work(p);
-  const Tiles tiles = label_mi_tiles::choose_tiles();
+  const Tiles tiles = label_mi_tiles::choose_tiles(cap, isa_auto());
 
   // The matrix is zero where a constant label's pairs are skipped.
   const auto f32 = bins.options().dtype(at::kFloat);
@@ -592,5 +602,14 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ubs_kernels, CPU, m) { m.impl("label_mi", &label_mi_cpu); }
+
+// The instruction-set path of label_mi's pair counting now (UBS_CPU_ISA and the CPU; with auto,
+// the fastest measured): "avx512", "avx2", "popcnt", "neon" or "portable". The paths give the
+// same bits; the benchmarks record which one ran.
+TORCH_LIBRARY_FRAGMENT(ubs_kernels, m) {
+  m.def("label_mi_isa() -> str", [] {
+    return std::string(isa_name(label_mi_tiles::choose_tiles(isa_cap(), isa_auto()).isa));
+  });
+}
 
 }  // namespace ubs_kernels::cpu

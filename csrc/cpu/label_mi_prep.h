@@ -1,11 +1,12 @@
 // The two passes of label_mi (label_mi.cpp) over the (n, q) bins before the pair kernels: the
 // per-label bin counts, and the bitsets of each label's stored bins. Both touch every byte of
 // the bins once; at the demo's size (5000 x 374, 2-4 bins per label) they cost as much as all
-// label pairs together, so each has an AVX-512BW path beside the portable one.
+// label pairs together, so each has SIMD paths beside the portable one (AVX-512BW for all three,
+// AVX2 for the counts and the row scans; torch-free, the caller picks the level).
 //
-// Bin counts (tau <= 16 on AVX-512BW): a block of 64 labels is one 64-byte load per sample;
-// one byte counter per (label, bin) in registers, compare-and-add per bin, flushed to int64
-// every 255 samples.
+// Bin counts (tau <= 16 on AVX-512BW and AVX2): a block of 64 labels is one 64-byte load per
+// sample (two 32-byte ones); one byte counter per (label, bin) in registers, compare-and-add
+// per bin, flushed to int64 every 255 samples.
 //
 // Bitsets (AVX-512BW): for 64 samples (one word) and 64 labels, comparing each sample's row
 // with the per-label original bin of stored name k gives a 64-bit mask over labels per sample;
@@ -13,7 +14,7 @@
 //
 // Row scans (sparse bins): for each sample of a rare bin of label a, the sample's whole row
 // adds one to table[v * ld + b] for every label b (v = its bin of b): byte counters, since a
-// rare bin holds at most 255 samples. AVX-512BW: a compare per bin value and 64 labels.
+// rare bin holds at most 255 samples. SIMD: a compare per bin value and 64 (32) labels.
 #pragma once
 
 #include <algorithm>
@@ -21,14 +22,30 @@
 #include <cstring>
 #include <vector>
 
-#include "isa.h"
+#include "isa_levels.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
+#ifdef UBS_ISA_X86
 #include <immintrin.h>
 #define UBS_PREP_X86 1
 #endif
 
 namespace ubs_kernels::cpu::label_mi_prep {
+
+// The instruction sets of these passes, best first.
+enum class Level { kPortable, kAvx2, kAvx512bw };
+
+// The best level this CPU runs at or below the cap.
+inline Level level(Isa cap) {
+#ifdef UBS_PREP_X86
+  if (cap >= Isa::kAvx512 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw")) {
+    return Level::kAvx512bw;
+  }
+  if (cap >= Isa::kAvx2 && __builtin_cpu_supports("avx2")) return Level::kAvx2;
+#endif
+  (void)cap;
+  return Level::kPortable;
+}
 
 // h[a * (tau + 1) + min(bins[i, a0 + a], tau)] += 1 for every sample i and label a < m
 // (slot tau counts out-of-range values; on the AVX-512BW path it is only nonzero, not a count).
@@ -60,11 +77,6 @@ inline void scan_row_portable(const uint8_t* row, int64_t q, int64_t ld, uint8_t
 }
 
 #ifdef UBS_PREP_X86
-inline bool avx512bw() {
-  return isa_cap() >= Isa::kAvx512 && __builtin_cpu_supports("avx512f") &&
-         __builtin_cpu_supports("avx512bw");
-}
-
 inline __mmask64 lane_mask(int64_t m) { return m >= 64 ? ~__mmask64{0} : (__mmask64{1} << m) - 1; }
 
 constexpr int64_t kMaxSimdTau = 16;
@@ -113,6 +125,69 @@ __attribute__((target("avx512f,avx512bw"))) inline void scan_row_avx512(const ui
       uint8_t* t = table + v * ld + b0;
       const __m512i c = _mm512_load_si512(t);
       _mm512_store_si512(t, _mm512_mask_add_epi8(c, hit, c, one));
+    }
+  }
+}
+
+// bin_counts_portable for tau <= kMaxSimdTau: 32 labels at a time (m <= 64).
+__attribute__((target("avx2"))) inline void bin_counts_avx2(const uint8_t* bp, int64_t n, int64_t q,
+                                                            int64_t a0, int64_t m, int64_t tau,
+                                                            int64_t* h) {
+  const int64_t slots = tau + 1;
+  const __m256i top = _mm256_set1_epi8(static_cast<char>(tau - 1));
+  alignas(32) uint8_t tmp[32];
+  for (int64_t half = 0; half < m; half += 32) {
+    const int64_t width = std::min<int64_t>(32, m - half);
+    __m256i acc[kMaxSimdTau];
+    uint32_t over = 0;                         // lanes that saw a value >= tau
+    for (int64_t i0 = 0; i0 < n; i0 += 255) {  // byte counters: flush before they wrap
+      for (int v = 0; v < kMaxSimdTau; ++v) acc[v] = _mm256_setzero_si256();
+      for (int64_t i = i0; i < std::min(n, i0 + 255); ++i) {
+        const uint8_t* src = bp + i * q + a0 + half;
+        __m256i r;
+        if (width == 32) {
+          r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+        } else {  // lanes past the labels hold 0 < tau
+          std::memset(tmp, 0, sizeof tmp);
+          std::memcpy(tmp, src, static_cast<size_t>(width));
+          r = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+        }
+        over |= ~static_cast<uint32_t>(
+            _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_max_epu8(r, top), top)));
+        for (int v = 0; v < kMaxSimdTau; ++v) {
+          if (v < tau) {  // a hit is -1: subtracting it counts
+            acc[v] = _mm256_sub_epi8(acc[v],
+                                     _mm256_cmpeq_epi8(r, _mm256_set1_epi8(static_cast<char>(v))));
+          }
+        }
+      }
+      for (int v = 0; v < kMaxSimdTau && v < tau; ++v) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc[v]);
+        for (int64_t a = 0; a < width; ++a) h[(half + a) * slots + v] += tmp[a];
+      }
+    }
+    for (int64_t a = 0; a < width; ++a) h[(half + a) * slots + tau] += (over >> a) & 1;
+  }
+}
+
+// scan_row_portable for tau <= 64 values, 32 labels at a time; ld is a multiple of 64.
+__attribute__((target("avx2"))) inline void scan_row_avx2(const uint8_t* row, int64_t q, int64_t ld,
+                                                          int64_t tau, uint8_t* table) {
+  alignas(32) uint8_t tmp[32];
+  for (int64_t b0 = 0; b0 < q; b0 += 32) {
+    __m256i r;
+    if (q - b0 >= 32) {
+      r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b0));
+    } else {  // lanes past q hold tau, which matches no value (the table has a column there)
+      std::memset(tmp, static_cast<int>(tau), sizeof tmp);
+      std::memcpy(tmp, row + b0, static_cast<size_t>(q - b0));
+      r = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+    }
+    for (int64_t v = 0; v < tau; ++v) {
+      const __m256i hit = _mm256_cmpeq_epi8(r, _mm256_set1_epi8(static_cast<char>(v)));
+      if (_mm256_movemask_epi8(hit) == 0) continue;
+      __m256i* t = reinterpret_cast<__m256i*>(table + v * ld + b0);
+      _mm256_store_si256(t, _mm256_sub_epi8(_mm256_load_si256(t), hit));
     }
   }
 }
