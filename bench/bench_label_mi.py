@@ -9,12 +9,21 @@ on a random subset of pairs and extrapolated (the row says so in ``note``); nump
 are skipped, with the reason printed and an ``estimated_s`` row, when a small run predicts
 more than ``--max-seconds``.
 
+``--isa auto avx2 popcnt portable`` adds the native CPU provider once per ``UBS_CPU_ISA`` cap
+(``ubs_cpu_<cap>``; ``auto`` is ``ubs_cpu``); every row's ``isa`` column names the path that ran
+(``label_mi_isa()`` for the native rows, torch's capability for the others). An AVX2-only
+machine is stood in for by capping torch too, before it starts::
+
+    MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 \
+        python bench/bench_label_mi.py --isa avx2 popcnt portable --out bench/results/avx2
+
     python bench/bench_label_mi.py --out bench/results [--sizes 2407,6 7395,159] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from functools import partial
@@ -43,16 +52,51 @@ def synthetic_bins(n: int, q: int, tau: int, seed: int = 0) -> torch.Tensor:
     return reference.to_bins(u, tau)
 
 
-def verify(bins: torch.Tensor, tau: int, device: str, ubs: list[tuple[str, str]]) -> None:
+@contextlib.contextmanager
+def isa_cap(cap: str | None):
+    """``UBS_CPU_ISA=cap`` while the block runs (the native kernels read it on every call)."""
+    before = os.environ.get("UBS_CPU_ISA")
+    if cap is not None:
+        os.environ["UBS_CPU_ISA"] = cap
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("UBS_CPU_ISA", None)
+        else:
+            os.environ["UBS_CPU_ISA"] = before
+
+
+def ubs_providers(device: str, caps: list[str]) -> list[tuple[str, str, str | None]]:
+    """``(provider, backend, UBS_CPU_ISA cap or None)`` for every backend, the CPU one per cap."""
+    out = []
+    for backend in ubs_kernels.available_backends("label_mi", device):
+        if backend != "cpu":
+            out.append((f"ubs_{backend}", backend, None))
+            continue
+        out += [("ubs_cpu" if cap == "auto" else f"ubs_cpu_{cap}", backend, cap) for cap in caps]
+    return out
+
+
+def provider_isa(backend: str, cap: str | None) -> str:
+    """The ``isa`` column: label_mi's own path for the native CPU kernel, else torch's."""
+    if backend == "cpu":
+        with isa_cap(cap):
+            return torch.ops.ubs_kernels.label_mi_isa()
+    return "" if backend in ("cuda", "triton") else harness.torch_isa()
+
+
+def verify(bins: torch.Tensor, tau: int, device: str, ubs: list[tuple[str, str, str | None]]) -> None:
     """Every provider against ``reference.label_mi`` in float64 on the first rows and labels."""
     x = bins[:VERIFY_ROWS, :VERIFY_LABELS].contiguous()
     q = x.shape[1]
     ref = reference.label_mi(x, tau, dtype=torch.float64)
     ref_rows = reference.label_mi(x, tau, rowsum=True, dtype=torch.float64)
     xd = x.to(device)
-    for name, backend in ubs:
-        harness.check_close(name, ubs_kernels.label_mi(xd, tau, backend=backend), ref, MI_ATOL)
-        got = ubs_kernels.label_mi(xd, tau, rowsum=True, backend=backend)
+    for name, backend, cap in ubs:
+        with isa_cap(cap):
+            harness.check_close(name, ubs_kernels.label_mi(xd, tau, backend=backend), ref, MI_ATOL)
+            got = ubs_kernels.label_mi(xd, tau, rowsum=True, backend=backend)
         harness.check_close(f"{name} rowsum", got, ref_rows, MI_ATOL * q)
     harness.check_close("torch_onehot_matmul", baselines.torch_onehot_matmul_mi(xd, tau), ref, MI_ATOL)
     harness.check_close("numpy_bincount", baselines.numpy_bincount_mi(x, tau), ref, MI_ATOL)
@@ -116,14 +160,20 @@ def time_baselines(bins: torch.Tensor, bins_dev: torch.Tensor, tau: int, device:
     return out
 
 
-def bench_size(n: int, q: int, args, device: str, ubs: list[tuple[str, str]], writer: harness.ResultWriter) -> None:
+def bench_size(
+    n: int, q: int, args, device: str, ubs: list[tuple[str, str, str | None]], writer: harness.ResultWriter
+) -> None:
     tau = args.tau
 
     def log(msg: str) -> None:
         print(f"[label_mi {n}x{q}] {msg}", flush=True)
 
-    def key(provider: str, dev: str, rowsum: bool) -> dict:
-        return {"provider": provider, "device": dev, "n": n, "q": q, "tau": tau, "rowsum": rowsum, "dtype": "uint8"}
+    def key(provider: str, dev: str, rowsum: bool, isa: str | None = None) -> dict:
+        isa = ("" if dev == "cuda" else harness.torch_isa()) if isa is None else isa
+        return {
+            "provider": provider, "device": dev, "isa": isa, "n": n, "q": q, "tau": tau, "rowsum": rowsum,
+            "dtype": "uint8",
+        }  # fmt: skip
 
     bins = synthetic_bins(n, q, tau, args.seed)
     verify(bins, tau, device, ubs)
@@ -131,12 +181,14 @@ def bench_size(n: int, q: int, args, device: str, ubs: list[tuple[str, str]], wr
     bins_dev = bins.to(device)
     npairs = q * (q - 1) // 2
     timed = []
-    for name, backend in ubs:
+    for name, backend, cap in ubs:
+        isa = provider_isa(backend, cap)
         for rowsum in (False, True):
             fn = partial(ubs_kernels.label_mi, bins_dev, tau, rowsum=rowsum, backend=backend)
-            t = harness.time_call(fn, device, args.min_run_time, args.quick)
-            timed.append((key(name, device, rowsum), t))
-            log(f"{name}{' rowsum' if rowsum else ''}: {harness.fmt_s(t.median)}")
+            with isa_cap(cap):
+                t = harness.time_call(fn, device, args.min_run_time, args.quick)
+            timed.append((key(name, device, rowsum, isa), t))
+            log(f"{name}{' rowsum' if rowsum else ''} [{isa}]: {harness.fmt_s(t.median)}")
     base = time_baselines(bins, bins_dev, tau, device, args, log)
     for name, (dev, t, est) in base.items():
         if t is None:
@@ -162,13 +214,16 @@ def parse_args(argv=None):
     harness.add_common_args(p, "label_mi", DEFAULT_SIZES, QUICK_SIZES)
     p.add_argument("--max-seconds", type=float, default=300.0, help="skip numpy/one-hot above this estimate")
     p.add_argument("--subset-seconds", type=float, default=5.0, help="time budget of the sklearn pair subset")
+    p.add_argument(
+        "--isa", nargs="+", default=["auto"], help="UBS_CPU_ISA caps of the native CPU provider (default: auto)"
+    )
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     device, sizes = harness.start_run(args, DEFAULT_SIZES, QUICK_SIZES)
-    ubs = [(f"ubs_{b}", b) for b in ubs_kernels.available_backends("label_mi", device)]
+    ubs = ubs_providers(device, args.isa)
     print(f"label_mi on {device}: ubs providers {[u[0] for u in ubs]}, torch threads {torch.get_num_threads()}")
     writer = harness.ResultWriter("label_mi", device)
     start = time.perf_counter()

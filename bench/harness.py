@@ -36,7 +36,7 @@ SLOW_CALL_S = 2.0  # above this one call is its own measurement: no autorange bl
 SLOW_REPEAT_S = 10.0  # a slow call is run a second time only while the runs total less than this
 
 COLUMNS = [
-    "op", "provider", "device", "n", "q", "tau", "T", "batch", "rowsum", "dtype", "data",
+    "op", "provider", "device", "isa", "n", "q", "tau", "T", "batch", "rowsum", "dtype", "data",
     "median_s", "p20_s", "p80_s", "metric", "value", "note",
     "hardware", "cores", "python", "torch", "numpy", "sklearn", "ubs_kernels", "git_sha", "timestamp",
 ]  # fmt: skip
@@ -246,11 +246,28 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def native_isa(device: str = "cpu") -> str:
+    """The instruction-set path the native CPU kernels take in this process (``UBS_CPU_ISA`` and the
+    CPU): ``ops.cpu_isa()`` (avx512, avx2, neon, portable; ``torch`` without the extension);
+    empty for CUDA runs. label_mi rows record ``label_mi_isa()``, its own path, instead."""
+    return "" if device == "cuda" else ubs_kernels.ops.cpu_isa()
+
+
+def torch_isa() -> str:
+    """What torch's own CPU code ran with, for baseline rows: ATen's vector capability, and MKL's
+    cap when ``MKL_ENABLE_INSTRUCTIONS`` sets one (an AVX2-only stand-in caps both)."""
+    isa = f"torch-{torch.backends.cpu.get_cpu_capability().lower()}"
+    mkl = os.environ.get("MKL_ENABLE_INSTRUCTIONS")
+    return f"{isa}+mkl-{mkl.lower()}" if mkl else isa
+
+
 def environment(device: str = "cpu") -> dict[str, str]:
-    """The columns every row carries: hardware, core count, versions, git sha, UTC timestamp."""
+    """The columns every row carries: hardware, core count, versions, git sha, UTC timestamp, and
+    the native kernels' instruction-set path (``isa``, which a row may override)."""
     hardware = torch.cuda.get_device_name() if device == "cuda" else _cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
+        "isa": native_isa(device),
         "hardware": hardware,
         "cores": str(cores),
         "python": platform.python_version(),

@@ -21,7 +21,7 @@ import ubs_kernels as ubs
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = [
-    "op", "provider", "device", "n", "q", "tau", "T", "batch", "rowsum", "dtype", "data",
+    "op", "provider", "device", "isa", "n", "q", "tau", "T", "batch", "rowsum", "dtype", "data",
     "median_s", "p20_s", "p80_s", "metric", "value", "note",
     "hardware", "cores", "python", "torch", "numpy", "sklearn", "ubs_kernels", "git_sha", "timestamp",
 ]  # fmt: skip
