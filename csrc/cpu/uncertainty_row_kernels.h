@@ -211,11 +211,23 @@ struct Generic {
     if constexpr (!kIsHalf<H>) {
       std::memcpy(dst, src, q * sizeof(float));
     } else {
-      for (int64_t j = 0; j < q; ++j) {
+      int64_t j = 0;
+      for (; j + N <= q; j += N) store_vec(load(src + j), dst + j);
+      for (; j < q; ++j) {
         const uint16_t bits = half_from_float(src[j]);
         std::memcpy(dst + j, &bits, sizeof bits);
       }
     }
+  }
+  // half_from_float on N lanes, without branches.
+  static typename Vec<N>::h half_bits(const F& v) {
+    const U x = (U)v, sign = (x >> 16) & 0x8000u, mag = x & 0x7fffffffu;
+    const U normal = (mag - (112u << 23) + 0xfffu + ((mag >> 13) & 1u)) >> 13;
+    const U subnormal = (U)((F)mag + 0.5f) - 0x3f000000u;
+    U bits = mag < 0x38800000u ? subnormal : normal;
+    bits = mag >= 0x477ff000u ? U{} + 0x7c00u : bits;
+    bits = mag > 0x7f800000u ? U{} + 0x7e00u : bits;
+    return __builtin_convertvector(sign | bits, typename Vec<N>::h);
   }
   // One vector of float32 values into H, in memory order.
   template <typename H>
@@ -223,10 +235,8 @@ struct Generic {
     if constexpr (!kIsHalf<H>) {
       std::memcpy(dst, &v, sizeof v);
     } else {
-      for (int l = 0; l < N; ++l) {
-        const uint16_t bits = half_from_float(v[l]);
-        std::memcpy(dst + l, &bits, sizeof bits);
-      }
+      const typename Vec<N>::h h = half_bits(v);
+      std::memcpy(dst, &h, sizeof h);
     }
   }
   // Full vectors of U and bins.
