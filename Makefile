@@ -14,7 +14,7 @@ PIP_QUIET := --retries 1 --timeout 10
 XDIST = $(shell $(PY) -c "import xdist" 2>/dev/null && echo "-n $(JOBS)")
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-interpret test-gpu bench reproduce checkstyle format clean clean-all
+.PHONY: install demo test test-interpret test-gpu bench microbench reproduce checkstyle format clean clean-all
 
 install: $(STAMP)
 
@@ -61,6 +61,12 @@ bench: $(STAMP)
 	$(PY) bench/bench_selection_log_probs.py --out bench/results
 	$(PY) bench/bench_selector.py --out bench/results
 	$(PY) bench/plot.py bench/results
+
+# Kernel microbenchmarks (bench/microbench, pytest-benchmark; not part of `make test`): every op x
+# backend x CPU instruction-set path at a few sizes, compared with this machine's committed
+# baseline. MICROBENCH_ARGS: --device cuda, --save (a new baseline), --fail min:15%.
+microbench: $(STAMP)
+	$(PY) bench/microbench/run.py $(MICROBENCH_ARGS)
 
 # The paper's experiment on the small MULAN datasets (python/results/README.md has every command).
 reproduce: $(STAMP)

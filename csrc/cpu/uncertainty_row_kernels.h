@@ -122,7 +122,8 @@ inline F log2_approx(const F& x) {
 // -87.3 (about 1e-38), above 88.7 it is inf: sigmoid(x) = 1 / (1 + exp(-x)) is then exactly 1
 // above x = 87.3 and exactly 0 below x = -88.7, as torch's.
 template <class F, class I = decltype(F{} < 0.f)>
-inline F exp_approx(F x) {
+inline F exp_approx(const F& in) {
+  F x = in;
   const I overflow = x > 88.7f;
   x = x < -87.3f ? F{} - 87.3f : x;
   x = overflow ? F{} + 88.7f : x;
