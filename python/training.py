@@ -35,6 +35,10 @@ SELECTORS: dict[str, tuple[str, str]] = {
     "hard": ("Hard", "HardImbalanceSelector"),
     "ubs": ("UBS", "UncertaintyBatchSelector"),
     "ubs_noc": ("UBS C=1", "UncertaintyBatchSelector"),  # C = ones (the authors' released code)
+    # Control: UBS's draw with the pressure fixed at 1, so P is uniform. Each batch is drawn without
+    # replacement but batches are independent, so an epoch sees ~63 % distinct samples where
+    # Random's permutation sees all: this separates the effect of the draw from that of selection.
+    "ubs_s1": ("UBS s0=1", "UncertaintyBatchSelector"),
 }
 UBS_NAMES = ("ubs", "ubs_noc")
 
@@ -84,10 +88,10 @@ def make_selector(name: str, y_train: np.ndarray, x_train: np.ndarray, cfg: RunC
         window=cfg.window,
         lam=cfg.lam,
         bins=cfg.bins,
-        s0=cfg.s0,
+        s0=1.0 if name == "ubs_s1" else cfg.s0,
         warmup=cfg.warmup,
         backend=cfg.backend,
-        label_correlation="ones" if name == "ubs_noc" else "mi",
+        label_correlation="ones" if name in ("ubs_noc", "ubs_s1") else "mi",
         **common,
     )
 

@@ -290,7 +290,7 @@ def test_table_ranks_and_gain_over_random():
 def test_cli_smoke(tmp_path):
     import ubs_kernels
 
-    selectors = ["random", "ubs", "ubs_noc", "hard"]
+    selectors = ["random", "ubs", "ubs_noc", "ubs_s1", "hard"]
     missing = [reproduce.SELECTORS[s][1] for s in selectors if not hasattr(ubs_kernels, reproduce.SELECTORS[s][1])]
     if missing:
         pytest.skip(f"ubs_kernels does not have {missing} yet")
@@ -320,9 +320,12 @@ def test_cli_smoke(tmp_path):
         if measured:
             assert 0.0 <= float(h["tv_mi_ones"]) <= 1.0 and float(h["c_cv"]) >= 0.0
         assert (h["pressure"] != "") == (h["selector"] != "random" and int(h["epoch"]) >= 1), h
+        if h["selector"] == "ubs_s1" and int(h["epoch"]) >= 1:  # the control: uniform P, UBS's draw
+            assert float(h["pressure"]) == 1.0 and float(h["p_ratio"]) == 1.0 and float(h["distinct"]) < 0.9
 
     table = (out / "table.md").read_text()
-    assert "| Dataset | Random | UBS | UBS C=1 | Hard |" in table and "Avg (Rank)" in table
+    assert "| Dataset | Random | UBS | UBS C=1 | UBS s0=1 | Hard |" in table and "Avg (Rank)" in table
+    assert "### Selection against the draw: UBS against UBS with s0 = 1 (uniform P, the same draw), MLP" in table
     assert "### The correlation term: UBS (C = mutual information) against UBS with C = ones, MLP" in table
     assert "### How much C moves P, MLP" in table
     assert f"| {dataset} | " in table
