@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
@@ -78,19 +79,28 @@ def test_demo_compares_selectors_epoch_by_epoch_and_in_a_table(tmp_path):
     assert re.search(r"^ubs_kernels backends \(auto\) on cpu: \{.*'observe'", out.splitlines()[-1]), out
 
 
-def test_demo_says_when_selection_played_no_part(tmp_path):
+def test_demo_says_when_selection_played_no_part(tmp_path, capsys):
     """Three epochs at the default warm-up rule: warm-up 2, and a best epoch in it says so rather than tie."""
-    result = _demo(tmp_path, "--epochs", "3", "--folds", "1", "--selectors", "random", "ubs", "--lr", "1e-6")
-    assert result.returncode == 0, result.stderr
-    assert "warm-up 2 epoch(s) instead of 5, so that --epochs 3 keeps one selection epoch" in result.stderr
+    import demo
+
+    threads = torch.get_num_threads()  # the demo sets its own
+    try:
+        demo.main(
+            ["--dataset", "synthetic", "--samples", "600", "--labels", "8", "--device", "cpu"]
+            + ["--plot", "", "--epochs", "3", "--folds", "1", "--selectors", "random", "ubs", "--lr", "1e-6"]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    assert "warm-up 2 epoch(s) instead of 5, so that --epochs 3 keeps one selection epoch" in err
     # At lr 1e-6 the model barely moves, so the first epoch can be the best; whichever it is, the
     # verdict either compares (a selection epoch won) or says that selection played no part.
-    best = re.search(r"^UBS +\S+ +\S+(?: \(\d/\d\))? +\S+ +(\d+) ", result.stdout, re.MULTILINE)
-    assert best, result.stdout
+    best = re.search(r"^UBS +\S+ +\S+(?: \(\d/\d\))? +\S+ +(\d+) ", out, re.MULTILINE)
+    assert best, out
     if int(best[1]) < 2:
-        assert "UBS: every best epoch is a warm-up epoch (uniform batches): selection played no part" in result.stdout
+        assert "UBS: every best epoch is a warm-up epoch (uniform batches): selection played no part" in out
     else:
-        assert "UBS vs Random:" in result.stdout
+        assert "UBS vs Random:" in out
 
 
 @pytest.mark.parametrize(
@@ -123,13 +133,16 @@ def test_one_warmup_rule(epochs, warmup, expect, capsys):
     assert ("keeps one selection epoch" in capsys.readouterr().err) == (warmup is None and expect < 5)
 
 
-@pytest.mark.parametrize("script", ["python/demo.py", "python/reproduce.py", "python/train_ddp.py"])
-def test_every_driver_refuses_a_warmup_without_selection(script, tmp_path):
-    cmd = [sys.executable, script, "--epochs", "3", "--warmup", "3", "--samples", "100"]
-    if script != "python/train_ddp.py":
-        cmd = [sys.executable, script, "--epochs", "3", "--warmup", "3", "--out" if "reproduce" in script else "--plot"]
-        cmd.append(str(tmp_path / "x"))
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 2, result.stderr
-    assert "--warmup 3 leaves no selection epoch in --epochs 3" in result.stderr
+@pytest.mark.parametrize("driver", ["demo", "reproduce", "train_ddp"])
+def test_every_driver_refuses_a_warmup_without_selection(driver, tmp_path, monkeypatch, capsys):
+    module = __import__(driver)
+    argv = ["--epochs", "3", "--warmup", "3"]
+    with pytest.raises(SystemExit) as exc:
+        if driver == "train_ddp":  # reads sys.argv
+            monkeypatch.setattr(sys, "argv", ["train_ddp.py", *argv])
+            module.parse_args()
+        else:
+            module.parse_args([*argv, "--out" if driver == "reproduce" else "--plot", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "--warmup 3 leaves no selection epoch in --epochs 3" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

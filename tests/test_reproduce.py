@@ -335,27 +335,23 @@ def test_cli_smoke(tmp_path):
 
     # --report-only rebuilds the table from the CSVs.
     (out / "table.md").unlink()
-    rebuilt = subprocess.run(
-        [*cmd, "--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    reproduce.main([*cmd[2:], "--report-only"])
     assert (out / "table.md").read_text() == table
 
 
-def test_results_of_an_earlier_run_are_never_deleted(tmp_path):
+def test_results_of_an_earlier_run_are_never_deleted(tmp_path, capsys):
     """Without --resume a run refuses an --out that holds results; with it, it adds to them."""
     out = tmp_path / "out"
     out.mkdir()
     kept = {f: "0" for f in reproduce.RESULT_FIELDS} | {"dataset": "kept", "model": "mlp", "selector": "random"}
     old = ",".join(reproduce.RESULT_FIELDS) + "\n" + ",".join(kept[f] for f in reproduce.RESULT_FIELDS) + "\n"
     (out / "results.csv").write_text(old)
-    cmd = [sys.executable, "python/reproduce.py", "--datasets", "synthetic", "--selectors", "random"]
-    cmd += ["--folds", "2", "--epochs", "2", "--device", "cpu", "--out", str(out), "--no-progress", "--threads", "1"]
-    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    assert refused.returncode == 1 and "never deleted" in refused.stderr, refused.stderr
-    assert (out / "results.csv").read_text() == old
-    added = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    assert added.returncode == 0, added.stderr[-3000:]
+    argv = ["--datasets", "synthetic", "--selectors", "random", "--folds", "2", "--epochs", "2"]
+    argv += ["--device", "cpu", "--out", str(out), "--no-progress"]
+    with pytest.raises(SystemExit, match="never deleted"):
+        reproduce.main(argv)
+    assert (out / "results.csv").read_text() == old and not (out / "history.csv").exists()
+    reproduce.main([*argv, "--resume"])
     text = (out / "results.csv").read_text()
     assert text.startswith(old) and text.count("synthetic,mlp,random,") == 2
 
