@@ -323,7 +323,9 @@ Stored make_bitsets(const Plan& p, const at::TensorOptions& options) {
       sbits[(p.soff[a] + k - p.Da[a]) * Wp + w] = word;
     }
   };
-  if (p.prep != Level::kAvx512bw) {
+  // The AVX-512BW words come from a 64 x 64 bit transpose per block of 64 labels: with fewer
+  // labels it transposes mostly empty lanes, and the portable loop is faster.
+  if (p.prep != Level::kAvx512bw || p.q < 64) {
     bitsets_portable(p, put);
     return s;
   }

@@ -14,9 +14,10 @@
 //   portable  Harley-Seal carry-save adders and a bit-parallel count, on 128-bit vectors of the
 //             compiler's vector extension: whatever SIMD the baseline target has (SSE2 on
 //             x86-64, Advanced SIMD on AArch64), no popcount instruction needed.
-// Which is fastest is not the same on every CPU (scalar POPCNT runs on one port of most Intel
-// cores and on four of AMD's), so with UBS_CPU_ISA=auto label_mi takes the path that measures
-// fastest here (fastest_isa); an explicit cap takes the highest path at or below it.
+// Which is fastest is not the same on every CPU (scalar POPCNT runs on a single port of Intel
+// cores, on more of some AMD ones; shuffles and vector pipes differ too), so with
+// UBS_CPU_ISA=auto label_mi takes the path that measures fastest here (measure_fastest); an
+// explicit cap takes the highest path at or below it.
 //
 // Torch-free (isa_levels.h only): tests/native builds it into a standalone program, natively
 // and cross-compiled for AArch64 under emulation. W must be a multiple of kLanes; on the
