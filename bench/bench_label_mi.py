@@ -82,7 +82,7 @@ def provider_isa(backend: str, cap: str | None) -> str:
     """The ``isa`` column: label_mi's own path for the native CPU kernel, else torch's."""
     if backend == "cpu":
         with isa_cap(cap):
-            return torch.ops.ubs_kernels.label_mi_isa()
+            return ubs_kernels.ops.label_mi_isa()
     return "" if backend in ("cuda", "triton") else harness.torch_isa()
 
 

@@ -8,7 +8,7 @@
 
 #include <string>
 
-#include "cpu/uncertainty_row.h"
+#include "cpu/isa.h"
 
 TORCH_LIBRARY(ubs_kernels, m) {
   // One training step (docs/spec.md Eq. 1, 4, 5 and the bin): write probs into the history ring
@@ -69,11 +69,15 @@ TORCH_LIBRARY(ubs_kernels, m) {
   m.def("selection_log_probs(Tensor uncertainty, Tensor c, Tensor seen, float pressure) -> Tensor");
 }
 
-// The CPU instruction-set path of the uncertainty row kernels now: "avx512", "avx2" or
-// "portable" (csrc/cpu/isa.h). The paths agree to float32 rounding, not bit for bit.
+// The CPU instruction-set paths in use now (UBS_CPU_ISA and the CPU; csrc/cpu/isa.h): "avx512",
+// "avx2", "popcnt", "neon" or "portable". cpu_isa: the uncertainty row kernels', whose paths
+// agree to float32 rounding, not bit for bit (a checkpoint records it). label_mi_isa: label_mi's
+// pair counting, whose paths give the same bits (the benchmarks record it).
 TORCH_LIBRARY_FRAGMENT(ubs_kernels, m) {
   m.def("cpu_isa() -> str",
         [] { return std::string(ubs_kernels::cpu::isa_name(ubs_kernels::cpu::row_isa())); });
+  m.def("label_mi_isa() -> str",
+        [] { return std::string(ubs_kernels::cpu::isa_name(ubs_kernels::cpu::label_mi_isa())); });
 }
 
 // The extension is imported as a Python module only to run the static registrations above;

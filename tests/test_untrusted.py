@@ -290,7 +290,7 @@ def test_meta_tensors_are_refused_and_stage_nothing():
     assert sel._history.pending == pending
 
 
-@pytest.mark.parametrize("op", ["observe", "record", "stage", "label_mi", "uncertainty", "selection_log_probs"])
+@pytest.mark.parametrize("op", ["observe", "record", "stage", "uncertainty", "selection_log_probs"])
 def test_raw_ops_refuse_a_meta_tensor_among_real_ones(op):
     require_backend(op, "cpu")
     state = make_state(6, 2, 3)
@@ -306,12 +306,9 @@ def test_raw_ops_refuse_a_meta_tensor_among_real_ones(op):
             meta,
             6,
         ),
-        "label_mi": None,
         "uncertainty": (state[0], state[1].to("meta"), 0.5, 10),
         "selection_log_probs": (torch.rand(6, 3), torch.ones(3, device="meta"), state[1], 2.0),
     }[op]
-    if args is None:
-        pytest.skip("label_mi takes one tensor")
     with pytest.raises(ValueError, match="device"):
         getattr(torch.ops.ubs_kernels, op)(*args)
 

@@ -413,9 +413,16 @@ def plan_weighted(
 
 def cpu_isa() -> str:
     """The instruction-set path of the native CPU uncertainty rows now (``"avx512"``, ``"avx2"``,
-    ``"portable"``; ``UBS_CPU_ISA`` caps it), or ``"torch"`` without the native extension. U
-    computed on different paths agrees to float32 rounding, not bit for bit."""
+    ``"neon"``, ``"portable"``; ``UBS_CPU_ISA`` caps it), or ``"torch"`` without the native
+    extension. U computed on different paths agrees to float32 rounding, not bit for bit."""
     return torch.ops.ubs_kernels.cpu_isa() if native_ops.loaded else "torch"
+
+
+def label_mi_isa() -> str:
+    """The instruction-set path of the native CPU label_mi's pair counting now (``"avx512"``,
+    ``"avx2"``, ``"popcnt"``, ``"neon"``, ``"portable"``; with ``UBS_CPU_ISA=auto`` the fastest
+    measured on this CPU), or ``"torch"`` without the native extension. Every path gives the same bits."""
+    return torch.ops.ubs_kernels.label_mi_isa() if native_ops.loaded else "torch"
 
 
 def _fake_same_device(**tensors) -> None:

@@ -32,4 +32,9 @@ inline bool isa_auto() {
   return env == nullptr || std::strcmp(env, "auto") == 0;
 }
 
+// The path label_mi's pair counting takes now (UBS_CPU_ISA and the CPU; with auto, the fastest
+// measured; label_mi.cpp), and the row kernels' (uncertainty_row.cpp).
+Isa label_mi_isa();
+Isa row_isa();
+
 }  // namespace ubs_kernels::cpu

@@ -605,13 +605,6 @@ at::Tensor label_mi_cpu(const at::Tensor& bins_in, int64_t tau, bool rowsum) {
 
 TORCH_LIBRARY_IMPL(ubs_kernels, CPU, m) { m.impl("label_mi", &label_mi_cpu); }
 
-// The instruction-set path of label_mi's pair counting now (UBS_CPU_ISA and the CPU; with auto,
-// the fastest measured): "avx512", "avx2", "popcnt", "neon" or "portable". The paths give the
-// same bits; the benchmarks record which one ran.
-TORCH_LIBRARY_FRAGMENT(ubs_kernels, m) {
-  m.def("label_mi_isa() -> str", [] {
-    return std::string(isa_name(label_mi_tiles::choose_tiles(isa_cap(), isa_auto()).isa));
-  });
-}
+Isa label_mi_isa() { return label_mi_tiles::choose_tiles(isa_cap(), isa_auto()).isa; }
 
 }  // namespace ubs_kernels::cpu

@@ -67,7 +67,7 @@ __attribute__((target("avx512f,avx2,fma"))) void weights_avx512(const float* u, 
 #endif
 
 WeightsFn choose_weights() {
-  const Isa cap = isa_cap();
+  [[maybe_unused]] const Isa cap = isa_cap();
 #ifdef UBS_X86
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (cap >= Isa::kAvx512 && avx2 && __builtin_cpu_supports("avx512f")) return weights_avx512;

@@ -39,8 +39,4 @@ struct RowKernels {
 template <typename H>
 RowKernels<H> row_kernels();
 
-// The instruction-set path row_kernels() takes now (UBS_CPU_ISA and the CPU): the paths
-// agree to float32 rounding, not bit for bit, so a checkpoint records which one made its U.
-Isa row_isa();
-
 }  // namespace ubs_kernels::cpu
