@@ -180,12 +180,13 @@ class BatchSelector(torch.utils.data.Sampler):
             values = values.to(self.device)
         if self._shard.sharded:
             indices = self._shard.to_local(_checks.check_indices(indices, self.num_samples, self.device))
-        return indices, values.detach(), is_logits
+        return indices, values, is_logits
 
     def _checked_observation(self, indices, probs, logits=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Local rows ``indices`` (int64 on ``self.device``) and ``probs``, after the op checks
         (``logits`` given instead: checked, and their sigmoid returned as ``probs``)."""
         indices, values, is_logits = self._moved(indices, probs, logits)
+        values = values.detach()  # the comparators keep statistics of them
         indices = _checks.check_indices(indices, self.num_local, self.device)
         b = indices.numel()
         if is_logits:

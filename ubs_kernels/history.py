@@ -40,6 +40,8 @@ class History:
         strategy: ``"staged"`` or ``"recorded"``; None: :meth:`choose`.
     """
 
+    # The ops each strategy writes and reads the state with.
+    OPS = {"staged": ("stage", "observe_staged", "observe"), "recorded": ("record", "uncertainty")}
     # Largest staging buffer: one epoch of steps, or this many bytes (a full buffer is applied).
     STAGE_BYTES = 64 << 20
     # Largest U + bins block of one whole-matrix refresh (its only scratch).
@@ -64,8 +66,10 @@ class History:
         self.num_samples, self.num_labels, self.window = num_samples, num_labels, window
         self.lam, self.tau, self.dtype, self.device, self.backend = lam, tau, dtype, device, backend
         self.strategy = self.choose(device, backend) if strategy is None else strategy
-        if self.strategy not in ("staged", "recorded"):
+        if self.strategy not in self.OPS:
             raise ValueError(f"strategy must be 'staged' or 'recorded', got {self.strategy!r}")
+        # Resolved once: a step then names its backend, and the ops read no environment for it.
+        self.backends = {op: ops.resolve_backend(op, device, backend) for op in self.OPS[self.strategy]}
         n, q = num_samples, num_labels
         self.capacity = self.stage_capacity(stage_rows, batch_size, q, dtype) if self.strategy == "staged" else 0
         self._rings = torch.zeros((n, window, q), dtype=dtype, device=device)
@@ -125,7 +129,7 @@ class History:
                 values,
                 self.lam,
                 self.tau,
-                backend=self.backend,
+                backend=self.backends["observe"],
                 logits=logits,
             )
             return
@@ -139,12 +143,12 @@ class History:
             values,
             self.num_samples,
             logits=logits,
-            backend=self.backend,
+            backend=self.backends["stage"],
         )
         self.pending += b
 
     def _record(self, indices, values, logits) -> None:
-        ops.record(self._rings, self._seen, indices, values, backend=self.backend, logits=logits)
+        ops.record(self._rings, self._seen, indices, values, backend=self.backends["record"], logits=logits)
         self._stale = True
 
     # ------------------------------------------------------------------ reading the state
@@ -162,7 +166,7 @@ class History:
             self._stage_values[:k],
             self.lam,
             self.tau,
-            backend=self.backend,
+            backend=self.backends["observe_staged"],
         )
         self.pending = 0
 
@@ -179,11 +183,17 @@ class History:
         n, q = self.num_samples, self.num_labels
         rows = max(1, self.REFRESH_BLOCK_BYTES // (5 * q))
         if rows >= n:  # one block: take the fresh outputs as they are
-            self._u, self._bins = ops.uncertainty(self._rings, self._seen, self.lam, self.tau, backend=self.backend)
+            self._u, self._bins = ops.uncertainty(
+                self._rings, self._seen, self.lam, self.tau, backend=self.backends["uncertainty"]
+            )
         else:
             for a in range(0, n, rows):
                 u, b = ops.uncertainty(
-                    self._rings[a : a + rows], self._seen[a : a + rows], self.lam, self.tau, backend=self.backend
+                    self._rings[a : a + rows],
+                    self._seen[a : a + rows],
+                    self.lam,
+                    self.tau,
+                    backend=self.backends["uncertainty"],
                 )
                 self._u[a : a + rows].copy_(u)
                 self._bins[a : a + rows].copy_(b)

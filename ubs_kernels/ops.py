@@ -52,47 +52,37 @@ OPS = (
 selection_pressure = reference.selection_pressure
 
 
-def _default_backend() -> str:
-    backend = os.environ.get("UBS_BACKEND", "auto")
-    if backend not in BACKENDS:
-        raise ValueError(f"UBS_BACKEND must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
 def available_backends(op: str, device: torch.device | str) -> list[str]:
     """The backends that can run ``op`` on ``device`` in this build, fastest first."""
     device = torch.device(device)
     # What is registered does not change while the process runs, except whether Triton may
-    # run on the CPU (TRITON_INTERPRET): cache on that, since observe asks at every step.
-    return list(_available_backends(op, device.type, os.environ.get("TRITON_INTERPRET")))
+    # run on the CPU (TRITON_INTERPRET): cache on that.
+    return list(_available_backends(op, device.type, os.environ.get("TRITON_INTERPRET") == "1"))
 
 
 @functools.lru_cache(maxsize=64)
-def _available_backends(op: str, device_type: str, interpret: str | None) -> tuple[str, ...]:
-    device = torch.device(device_type)
+def _available_backends(op: str, device_type: str, interpret: bool) -> tuple[str, ...]:
     found = []
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     # Order is the "auto" preference: native, then Triton, then the reference. On CUDA the
     # native kernels stay first until the GPU benchmarks say otherwise (bench/RESULTS.md).
     if key is not None and native_ops.has_kernel(op, key):
-        found.append(device.type)
-    if _triton_available(op, device):
+        found.append(device_type)
+    if _triton_available(op, device_type, interpret):
         found.append("triton")
     found.append("torch")
     return tuple(found)
 
 
-def _triton_available(op: str, device: torch.device) -> bool:
+def _triton_available(op: str, device_type: str, interpret: bool) -> bool:
     """Triton runs on CUDA devices, and on the CPU only under ``TRITON_INTERPRET=1``."""
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    if device.type not in ("cpu", "cuda"):
+    if device_type not in ("cpu", "cuda") or (device_type == "cpu" and not interpret):
         return False
     from . import triton as triton_backend
 
-    return triton_backend.available(op, device)
+    return triton_backend.available(op, torch.device(device_type))
 
 
 def _call(op: str, backend: str, *args):
@@ -103,16 +93,30 @@ def _call(op: str, backend: str, *args):
 
 def resolve_backend(op: str, device: torch.device | str, backend: str | None = None) -> str:
     """The backend that :mod:`ops` will use for ``op`` on ``device``."""
-    backend = _default_backend() if backend is None else backend
-    if backend not in BACKENDS:
+    from_env = backend is None
+    if from_env:
+        backend = os.environ.get("UBS_BACKEND", "auto")
+    elif not isinstance(backend, str):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    available = available_backends(op, device)
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    # Called at every step: cached on everything it reads. Only "auto" and "triton" depend on
+    # TRITON_INTERPRET, so a named native or torch backend costs no environment read.
+    interpret = backend in ("auto", "triton") and os.environ.get("TRITON_INTERPRET") == "1"
+    return _resolve_backend(op, device_type, backend, from_env, interpret)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_backend(op: str, device_type: str, backend: str, from_env: bool, interpret: bool) -> str:
+    if backend not in BACKENDS:
+        name = "UBS_BACKEND" if from_env else "backend"
+        raise ValueError(f"{name} must be one of {BACKENDS}, got {backend!r}")
+    available = _available_backends(op, device_type, interpret)
     if backend == "auto":
         return available[0]
     if backend not in available:
         raise RuntimeError(
-            f"backend={backend!r} cannot run ubs_kernels.{op} on {torch.device(device)} in this build "
-            f"(available: {available}); see ubs_kernels.build_info()"
+            f"backend={backend!r} cannot run ubs_kernels.{op} on {torch.device(device_type)} in this build "
+            f"(available: {list(available)}); see ubs_kernels.build_info()"
         )
     return backend
 
@@ -123,6 +127,12 @@ def _checks_values(backend: str) -> bool:
     without a sync per check), and under torch.compile data-dependent Python checks cannot be
     traced."""
     return backend in ("torch", "triton") and not torch.compiler.is_compiling()
+
+
+def _detached(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without autograd history (the kernels have no backward); a view only when needed,
+    since a step calls it."""
+    return t.detach() if t.requires_grad else t
 
 
 def _checked_step(history, seen, indices, probs, backend: str, logits: bool = False):
@@ -136,8 +146,8 @@ def _checked_step(history, seen, indices, probs, backend: str, logits: bool = Fa
         _checks.check_seen_at(seen, indices, n)
     if logits:
         x = _checks.check_logits(probs, indices.numel(), q, history.device, not torch.compiler.is_compiling())
-        return indices, torch.sigmoid(x.detach().to(torch.float32))
-    return indices, _checks.check_probs(probs, indices.numel(), q, history.device, values).detach()
+        return indices, torch.sigmoid(_detached(x).to(torch.float32))
+    return indices, _detached(_checks.check_probs(probs, indices.numel(), q, history.device, values))
 
 
 def observe(
@@ -251,7 +261,7 @@ def stage(
     _, q = _checks.check_staging(staged_indices, staged_probs, offset, b)
     indices = _checks.check_indices(indices, num_samples, device, values)
     check = _checks.check_logits if logits else _checks.check_probs
-    probs = check(probs, indices.numel(), q, device, values).detach()
+    probs = _detached(check(probs, indices.numel(), q, device, values))
     if chosen == "torch":
         with torch.no_grad():
             reference.stage(staged_indices, staged_probs, offset, indices, probs, bool(logits))
