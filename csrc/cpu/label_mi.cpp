@@ -119,7 +119,7 @@ void bin_counts(Plan& p) {
     for (int64_t a0 = b0 * 64; a0 < std::min(q, b1 * 64); a0 += 64) {
       const int64_t m = std::min<int64_t>(64, q - a0);
       int64_t* h = &p.counts[a0 * slots];
-#ifdef UBS_PREP_X86
+#ifdef UBS_ISA_X86
       if (p.prep != Level::kPortable && p.tau <= label_mi_prep::kMaxSimdTau) {
         if (p.prep == Level::kAvx512bw) {
           label_mi_prep::bin_counts_avx512(p.bp, p.n, q, a0, m, p.tau, h);
@@ -329,7 +329,7 @@ Stored make_bitsets(const Plan& p, const at::TensorOptions& options) {
     bitsets_portable(p, put);
     return s;
   }
-#ifdef UBS_PREP_X86
+#ifdef UBS_ISA_X86
   at::parallel_for(0, Wp, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t w = w0; w < w1; ++w) {
       for (int64_t a0 = 0; a0 < p.q; a0 += 64) {
@@ -351,7 +351,7 @@ void scan_sparse_rows(const Plan& p, Stored& s, const at::TensorOptions& options
   s.table = p.tau * p.qp;
   s.table_storage = at::zeros({p.soff[p.q] * s.table}, options);
   s.tables = s.table_storage.data_ptr<uint8_t>();
-#ifdef UBS_PREP_X86
+#ifdef UBS_ISA_X86
   const Level scan = p.tau <= 64 ? p.prep : Level::kPortable;
 #endif
   at::parallel_for(0, p.q, 1, [&](int64_t a0, int64_t a1) {
@@ -362,7 +362,7 @@ void scan_sparse_rows(const Plan& p, Stored& s, const at::TensorOptions& options
         for (int64_t w = 0; w < p.W; ++w) {
           for (uint64_t word = row[w]; word != 0; word &= word - 1) {
             const uint8_t* sample = p.bp + (w * 64 + __builtin_ctzll(word)) * p.q;
-#ifdef UBS_PREP_X86
+#ifdef UBS_ISA_X86
             if (scan == Level::kAvx512bw) {
               label_mi_prep::scan_row_avx512(sample, p.q, p.qp, p.tau, t);
               continue;

@@ -22,17 +22,7 @@
 #include <cstring>
 #include <vector>
 
-#include "isa_levels.h"
-
-#ifdef UBS_ISA_X86
-// GCC 12 warns inside its own AVX-512 headers (the _mm512_undefined_* operands, GCC PR 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#define UBS_PREP_X86 1
-#endif
+#include "simd.h"
 
 namespace ubs_kernels::cpu::label_mi_prep {
 
@@ -41,7 +31,7 @@ enum class Level { kPortable, kAvx2, kAvx512bw };
 
 // The best level this CPU runs at or below the cap.
 inline Level level(Isa cap) {
-#ifdef UBS_PREP_X86
+#ifdef UBS_ISA_X86
   if (cap >= Isa::kAvx512 && __builtin_cpu_supports("avx512f") &&
       __builtin_cpu_supports("avx512bw")) {
     return Level::kAvx512bw;
@@ -81,7 +71,7 @@ inline void scan_row_portable(const uint8_t* row, int64_t q, int64_t ld, uint8_t
   for (int64_t b = 0; b < q; ++b) ++table[row[b] * ld + b];
 }
 
-#ifdef UBS_PREP_X86
+#ifdef UBS_ISA_X86
 inline __mmask64 lane_mask(int64_t m) { return m >= 64 ? ~__mmask64{0} : (__mmask64{1} << m) - 1; }
 
 constexpr int64_t kMaxSimdTau = 16;

@@ -27,19 +27,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "isa_levels.h"
-
-#ifdef UBS_ISA_X86
-// GCC 12 warns inside its own AVX-512 headers (the _mm512_undefined_* operands, GCC PR 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#endif
-#ifdef UBS_ISA_NEON
-#include <arm_neon.h>
-#endif
+#include "simd.h"
 
 // Wide vectors only travel between helpers that are inlined: no call ABI is involved.
 #pragma GCC diagnostic push
