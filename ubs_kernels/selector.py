@@ -54,7 +54,8 @@ class UncertaintyBatchSelector(BatchSelector):
         s0: initial selection pressure (default 100).
         warmup: γ, uniform epochs that fill the history (default 5).
         history_dtype: ``torch.float16`` (default) or ``torch.float32``.
-        backend: op backend (``ubs_kernels.ops``); default ``UBS_BACKEND`` or ``"auto"``.
+        backend: op backend (``ubs_kernels.ops``); default ``UBS_BACKEND`` or ``"auto"``. The
+            ops that write the history resolve it once, here; the epoch's ops at each call.
         process_group: see :class:`BatchSelector`.
         distributed_mi: how ranks combine Eq. 6: ``"auto"`` (default), ``"gather"``,
             ``"counts"`` or ``"approximate"`` (:mod:`ubs_kernels.distributed`).
