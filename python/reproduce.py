@@ -312,13 +312,18 @@ def markdown_tables(rows: list[dict], selectors: list[str] | None = None, histor
                 avail = [s for s in order if s in cells]
                 means = [float(np.mean(cells[s][metric])) for s in avail]
                 ranks = dict(zip(avail, _rank(means, higher), strict=True))
+                # A partial run (--only-folds) can leave selectors with different fold counts: say so in
+                # each cell, and give no spread for a single fold.
+                counts = {len(cells[s][metric]) for s in avail}
                 row = []
                 for s in order:
                     if s not in cells:
                         row.append("–")
                         continue
                     v = np.asarray(cells[s][metric])
-                    row.append(f"{v.mean():.4f}±{v.std():.4f} ({ranks[s]})")
+                    spread = f"±{v.std():.4f}" if len(v) > 1 else ""
+                    nfolds = f", {len(v)} fold{'s' if len(v) > 1 else ''}" if len(counts) > 1 else ""
+                    row.append(f"{v.mean():.4f}{spread} ({ranks[s]}{nfolds})")
                     rank_sum[s] += ranks[s]
                     rank_n[s] += 1
                 lines.append(f"| {key[0]} | " + " | ".join(row) + " |")

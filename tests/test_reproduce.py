@@ -282,6 +282,18 @@ def test_table_ranks_and_gain_over_random():
     assert "| toy | +0.0000 (0/0) | +0.0350 (2/0) |" in text
 
 
+def test_table_names_fold_counts_when_they_differ():
+    # A partial run (--only-folds) can give one selector two folds and another one: a single fold
+    # has no spread to show, and each cell says how many folds its mean is over.
+    rows = []
+    for sel, fold, auc in (("random", 0, 0.80), ("random", 1, 0.70), ("ubs", 0, 0.82)):
+        row = dict.fromkeys(reproduce.RESULT_FIELDS, 0)
+        row.update(dataset="toy", model="mlp", selector=sel, fold=fold, macro_auc=auc, ranking_loss=1 - auc)
+        rows.append({k: str(v) for k, v in row.items()})
+    text = reproduce.markdown_tables(rows, ["random", "ubs"])
+    assert "| toy | 0.7500±0.0500 (2, 2 folds) | 0.8200 (1, 1 fold) |" in text
+
+
 # --------------------------------------------------------------------------------------------
 # CLI smoke: one dataset, 2 folds, 3 epochs, a few selectors
 # --------------------------------------------------------------------------------------------
