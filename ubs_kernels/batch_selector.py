@@ -123,6 +123,11 @@ class BatchSelector(torch.utils.data.Sampler):
         return all(getattr(cls, h) is getattr(BatchSelector, h) for h in hooks)
 
     @property
+    def shard(self) -> distributed.Shard:
+        """How the ``n`` samples are split over the process group (one shard in a single process)."""
+        return self._shard
+
+    @property
     def owned_indices(self) -> torch.Tensor:
         """Global ids of the samples this rank owns (all ``n`` in a single process); row k of the state is sample k."""
         return self._shard.owned()

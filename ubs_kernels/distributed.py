@@ -367,7 +367,7 @@ def approximation_error(selector, epoch: int) -> dict[str, float]:
     """
     exact = selector.label_correlation_rowsums(route="gather")
     approx = selector.label_correlation_rowsums(route="approximate")
-    shard, s = selector._shard, selector.pressure(epoch)
+    shard, s = selector.shard, selector.pressure(epoch)
     p = [selection_log_probs(shard, selector.uncertainty, c, selector.seen, s).double().exp() for c in (exact, approx)]
     diff = (p[0] - p[1]).abs().sum().reshape(1)
     tv = float(all_reduce(shard, diff, "sum")) / 2
