@@ -370,7 +370,8 @@ def markdown_tables(rows: list[dict], selectors: list[str] | None = None, histor
                 "ubs_s1",
                 "Selection against the draw: UBS against UBS with s0 = 1 (uniform P, the same draw)",
                 "Mean over folds of (UBS − UBS s0=1) in test Macro-AUC. UBS s0=1 draws its batches as UBS does "
-                "(each batch without replacement, batches independent: about two thirds of the samples per epoch, more when a batch is a large share of n) "
+                "(each batch without replacement, batches independent: about two thirds of the samples per "
+                "epoch, more when a batch is a large share of n) "
                 "from a uniform P, so this difference is what the uncertainty-based P adds to that draw.",
             )
 
